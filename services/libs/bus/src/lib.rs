@@ -1,1 +1,127 @@
+//! The message bus between services: subjects, the [`Bus`] trait and its adapters.
+//!
+//! Two kinds of traffic (ARCHITECTURE.md, data paths):
+//! - **stream** messages ([`Bus::publish_durable`]) — uplinks and presence — returned only once the
+//!   bus holds them, and read by durable consumer groups ([`Bus::consume`]) where every message
+//!   goes to one member of each group and stays pending until acked;
+//! - **core** messages ([`Bus::publish`], [`Bus::subscribe`]) — downlinks, kicks, replies —
+//!   delivered to whoever listens now.
+//!
+//! Embedded mode uses [`InProcessBus`]; the NATS adapter comes with cluster mode.
 
+mod in_process;
+pub mod subject;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub use in_process::InProcessBus;
+
+/// One message on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    pub subject: String,
+    /// Metadata beside the body (Aliyun's forwarded `topic`, `messageId`, `generateTime`).
+    pub headers: BTreeMap<String, String>,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("bus is shut down")]
+    Closed,
+}
+
+/// A message taken from a consumer group; ack it once handled, or it is delivered again.
+pub struct Delivery {
+    pub message: BusMessage,
+    acker: Box<dyn Acker>,
+}
+
+/// How an adapter confirms a delivery.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), BusError>;
+}
+
+/// A stream of core messages matching one subscription.
+pub struct Subscription {
+    receiver: mpsc::UnboundedReceiver<BusMessage>,
+}
+
+/// A member of a durable consumer group.
+pub struct Consumer {
+    receiver: mpsc::UnboundedReceiver<Delivery>,
+}
+
+/// The bus as services see it.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes to the stream; returns once the bus has taken responsibility for the message.
+    async fn publish_durable(&self, message: BusMessage) -> Result<(), BusError>;
+
+    /// Publishes a core message to current subscribers.
+    async fn publish(&self, message: BusMessage) -> Result<(), BusError>;
+
+    /// Subscribes to core messages whose subject matches `filter` (`*` one token, `>` the rest).
+    async fn subscribe(&self, filter: &str) -> Result<Subscription, BusError>;
+
+    /// Joins the durable consumer group `group` over stream subjects matching `filter`.
+    async fn consume(&self, group: &str, filter: &str) -> Result<Consumer, BusError>;
+}
+
+// === impl BusMessage ===
+
+impl BusMessage {
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self { subject: subject.into(), headers: BTreeMap::new(), payload: payload.into() }
+    }
+
+    pub fn with_header(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.headers.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+// === impl Delivery ===
+
+impl Delivery {
+    pub fn new(message: BusMessage, acker: Box<dyn Acker>) -> Self {
+        Self { message, acker }
+    }
+
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.acker.ack().await
+    }
+}
+
+// === impl Subscription ===
+
+impl Subscription {
+    pub fn new(receiver: mpsc::UnboundedReceiver<BusMessage>) -> Self {
+        Self { receiver }
+    }
+
+    /// The next message; `None` once the bus is gone.
+    pub async fn next(&mut self) -> Option<BusMessage> {
+        self.receiver.recv().await
+    }
+}
+
+// === impl Consumer ===
+
+impl Consumer {
+    pub fn new(receiver: mpsc::UnboundedReceiver<Delivery>) -> Self {
+        Self { receiver }
+    }
+
+    /// The next delivery; `None` once the bus is gone.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.receiver.recv().await
+    }
+}

@@ -1,0 +1,185 @@
+//! The embedded [`KvStore`]: one fjall keyspace, values prefixed with their 8-byte revision.
+//! Writes are serialized by one lock (that is what makes compare-and-set atomic) and synced to
+//! disk before they return.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use parking_lot::Mutex;
+
+use crate::{Entry, Expect, KvStore, Revision, StoreError};
+
+/// A [`KvStore`] on an embedded fjall database.
+#[derive(Clone)]
+pub struct FjallStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    kv: Keyspace,
+    write_lock: Mutex<()>,
+}
+
+// === impl FjallStore ===
+
+impl FjallStore {
+    /// Opens (or creates) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = Database::builder(dir).open().map_err(backend)?;
+        let kv = db.keyspace("kv", KeyspaceCreateOptions::default).map_err(backend)?;
+        Ok(Self { inner: Arc::new(Inner { db, kv, write_lock: Mutex::new(()) }) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl KvStore for FjallStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |inner| inner.read(&key)).await
+    }
+
+    async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<Revision, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            let _guard = inner.write_lock.lock();
+            let current = inner.read(&key)?.map(|e| e.revision);
+            check(&key, current, expect)?;
+            let revision = Revision(current.map_or(1, |r| r.0 + 1));
+            let mut stored = Vec::with_capacity(8 + value.len());
+            stored.extend_from_slice(&revision.0.to_be_bytes());
+            stored.extend_from_slice(&value);
+            inner.kv.insert(key.as_bytes(), stored).map_err(backend)?;
+            inner.db.persist(PersistMode::SyncAll).map_err(backend)?;
+            Ok(revision)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            let _guard = inner.write_lock.lock();
+            let current = inner.read(&key)?.map(|e| e.revision);
+            check(&key, current, expect)?;
+            if current.is_some() {
+                inner.kv.remove(key.as_bytes()).map_err(backend)?;
+                inner.db.persist(PersistMode::SyncAll).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |inner| {
+            let mut entries = Vec::new();
+            for guard in inner.kv.prefix(prefix.as_bytes()) {
+                let (key, value) = guard.into_inner().map_err(backend)?;
+                entries.push(decode(&key, &value)?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn read(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        match self.kv.get(key.as_bytes()).map_err(backend)? {
+            Some(value) => Ok(Some(decode(key.as_bytes(), &value)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn check(key: &str, current: Option<Revision>, expect: Expect) -> Result<(), StoreError> {
+    let holds = match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Revision(wanted) => current == Some(wanted),
+    };
+    if holds { Ok(()) } else { Err(StoreError::Conflict { key: key.to_owned() }) }
+}
+
+fn decode(key: &[u8], stored: &[u8]) -> Result<Entry, StoreError> {
+    let key = String::from_utf8(key.to_vec()).map_err(|_| StoreError::Backend("stored key is not utf-8".into()))?;
+    let Some((revision, value)) = stored.split_first_chunk::<8>() else {
+        return Err(StoreError::Backend(format!("stored value of {key} is truncated")));
+    };
+    Ok(Entry { key, value: Bytes::copy_from_slice(value), revision: Revision(u64::from_be_bytes(*revision)) })
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn compare_and_set_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FjallStore::open(dir.path()).unwrap();
+            let r1 = store.put("device/pk/a", Bytes::from_static(b"one"), Expect::Absent).await.unwrap();
+            assert_eq!(r1, Revision(1));
+            let again = store.put("device/pk/a", Bytes::from_static(b"x"), Expect::Absent).await;
+            assert!(matches!(again, Err(StoreError::Conflict { .. })));
+            let r2 = store.put("device/pk/a", Bytes::from_static(b"two"), Expect::Revision(r1)).await.unwrap();
+            let stale = store.put("device/pk/a", Bytes::from_static(b"x"), Expect::Revision(r1)).await;
+            assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+            store.put("device/pk/b", Bytes::from_static(b"b"), Expect::Any).await.unwrap();
+            store.put("product/pk", Bytes::from_static(b"p"), Expect::Any).await.unwrap();
+            assert_eq!(r2, Revision(2));
+        }
+        let store = FjallStore::open(dir.path()).unwrap();
+        let entry = store.get("device/pk/a").await.unwrap().unwrap();
+        assert_eq!((entry.value.as_ref(), entry.revision), (&b"two"[..], Revision(2)));
+        let keys: Vec<String> = store.list("device/").await.unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["device/pk/a", "device/pk/b"]);
+        store.delete("device/pk/a", Expect::Revision(Revision(1))).await.unwrap_err();
+        store.delete("device/pk/a", Expect::Revision(Revision(2))).await.unwrap();
+        assert!(store.get("device/pk/a").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_never_both_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        let base = store.put("shadow/x", Bytes::from_static(b"0"), Expect::Absent).await.unwrap();
+        let attempts = (0..8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put("shadow/x", Bytes::from(format!("{i}")), Expect::Revision(base)).await })
+        });
+        let results = futures_util_join(attempts.collect()).await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    }
+
+    async fn futures_util_join(
+        handles: Vec<tokio::task::JoinHandle<Result<Revision, StoreError>>>,
+    ) -> Vec<Result<Revision, StoreError>> {
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+}
