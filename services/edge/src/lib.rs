@@ -1,1 +1,120 @@
+//! The `edge` service: the MQTT listener devices connect to.
+//!
+//! It admits devices with the Aliyun sign (through [`AuthService`]), enforces each device's topic
+//! ACL, answers thing-model requests itself, hands uplinks to the bus before acknowledging them,
+//! keeps one session per device (a second CONNECT takes over) and records presence in the
+//! [`SessionRoutes`].
+//!
+//! MQTT 3.1.1 and 5.0 are served by ntex-mqtt on its own runtime thread ([`mqtt`]); the
+//! protocol-independent behaviour lives in [`session`] and [`uplink`].
 
+mod connections;
+mod mqtt;
+mod session;
+mod uplink;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tether_bus::{Bus, subject};
+use tether_contract::AuthService;
+use tether_store::SessionRoutes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::connections::{Connections, KickReason};
+use crate::session::ClosedSession;
+
+/// Aliyun's largest accepted payload, the default of [`EdgeConfig::max_payload_bytes`].
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// How the edge listens.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub mqtt_addr: SocketAddr,
+    /// This node's name in the session routes.
+    pub node_id: String,
+    /// Larger payloads are refused with an Alink 400 reply.
+    pub max_payload_bytes: usize,
+    /// MQTT worker threads.
+    pub workers: usize,
+}
+
+/// The services the edge talks to.
+#[derive(Clone)]
+pub struct EdgeDeps {
+    pub auth: Arc<dyn AuthService>,
+    pub bus: Arc<dyn Bus>,
+    pub routes: Arc<dyn SessionRoutes>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("cannot listen for MQTT on {addr} (--mqtt-addr)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("MQTT runtime failed to start: {0}")]
+    Runtime(String),
+}
+
+/// A running edge.
+pub struct Edge {
+    local_addr: SocketAddr,
+    shared: Arc<EdgeShared>,
+    server: mqtt::ServerHandle,
+    presence: JoinHandle<()>,
+    lifecycle: JoinHandle<()>,
+}
+
+/// What every connection of this edge shares; `Send + Sync`, reached from every worker.
+pub(crate) struct EdgeShared {
+    pub config: EdgeConfig,
+    pub deps: EdgeDeps,
+    pub connections: Connections,
+    pub next_conn_id: AtomicU64,
+    pub closed: mpsc::UnboundedSender<ClosedSession>,
+}
+
+// === impl Edge ===
+
+impl Edge {
+    /// Binds the MQTT listener and starts serving.
+    pub async fn start(config: EdgeConfig, deps: EdgeDeps) -> Result<Self, EdgeError> {
+        let (closed, closed_rx) = mpsc::unbounded_channel();
+        let lifecycle_events = deps
+            .bus
+            .subscribe(subject::ALL_LIFECYCLE)
+            .await
+            .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+        let shared = Arc::new(EdgeShared {
+            config,
+            deps,
+            connections: Connections::default(),
+            next_conn_id: AtomicU64::new(1),
+            closed,
+        });
+        let (server, local_addr) = mqtt::serve(shared.clone())?;
+        let presence = tokio::spawn(session::record_closed_sessions(shared.deps.clone(), shared.config.node_id.clone(), closed_rx));
+        let lifecycle = tokio::spawn(connections::kick_on_lifecycle(shared.clone(), lifecycle_events));
+        tracing::info!(addr = %local_addr, node = %shared.config.node_id, "mqtt listener started");
+        Ok(Self { local_addr, shared, server, presence, lifecycle })
+    }
+
+    /// The address the listener is bound to (useful when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Disconnects every device (v5: reason 0x8B), stops the listener and waits until each
+    /// device's OFFLINE has been recorded.
+    pub async fn stop(self) {
+        let Self { shared, server, presence, lifecycle, .. } = self;
+        shared.connections.kick_all(KickReason::ServerShuttingDown);
+        server.stop().await;
+        lifecycle.abort();
+        let _ = lifecycle.await;
+        drop(shared);
+        // The presence task ends once every connection has reported its close.
+        let _ = presence.await;
+    }
+}

@@ -9,6 +9,7 @@
 //!
 //! Embedded mode uses [`InProcessBus`]; the NATS adapter comes with cluster mode.
 
+pub mod events;
 mod in_process;
 pub mod subject;
 

@@ -1,0 +1,103 @@
+//! The live connections of this edge node, by device: how a takeover, a disable or a shutdown
+//! reaches a connection that lives on another worker thread.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tether_bus::Subscription;
+use tether_model::DeviceKey;
+use tokio::sync::mpsc;
+
+use crate::EdgeShared;
+
+/// Why the platform closes a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// A newer CONNECT of the same device (v5 0x8E).
+    SessionTakenOver,
+    /// The device was disabled or deleted (v5 0x87).
+    NotAuthorized,
+    /// The edge is stopping (v5 0x8B).
+    ServerShuttingDown,
+}
+
+/// A command for a connection, run on the connection's own worker.
+#[derive(Debug)]
+pub enum ConnCommand {
+    Kick(KickReason),
+}
+
+/// How to reach one connection.
+#[derive(Debug)]
+pub struct ConnHandle {
+    pub conn_id: u64,
+    pub commands: mpsc::UnboundedSender<ConnCommand>,
+}
+
+/// Device → its live connection on this node.
+#[derive(Default)]
+pub struct Connections {
+    by_device: Mutex<HashMap<DeviceKey, ConnHandle>>,
+}
+
+// === impl Connections ===
+
+impl Connections {
+    /// Registers a new connection and kicks the one it replaces.
+    pub fn insert(&self, device: &DeviceKey, handle: ConnHandle) {
+        let previous = self.by_device.lock().insert(device.clone(), handle);
+        if let Some(previous) = previous {
+            let _ = previous.commands.send(ConnCommand::Kick(KickReason::SessionTakenOver));
+        }
+    }
+
+    /// Forgets `conn_id`, unless a newer connection of the device has replaced it.
+    pub fn remove(&self, device: &DeviceKey, conn_id: u64) {
+        let mut map = self.by_device.lock();
+        if map.get(device).is_some_and(|h| h.conn_id == conn_id) {
+            map.remove(device);
+        }
+    }
+
+    pub fn kick(&self, device: &DeviceKey, reason: KickReason) -> bool {
+        match self.by_device.lock().get(device) {
+            Some(handle) => handle.commands.send(ConnCommand::Kick(reason)).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn kick_all(&self, reason: KickReason) {
+        for handle in self.by_device.lock().values() {
+            let _ = handle.commands.send(ConnCommand::Kick(reason));
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LifecycleEvent {
+    action: String,
+    product_key: String,
+    device_name: String,
+}
+
+/// Disconnects devices that are disabled or deleted while connected.
+pub async fn kick_on_lifecycle(shared: Arc<EdgeShared>, mut events: Subscription) {
+    while let Some(message) = events.next().await {
+        let Ok(event) = serde_json::from_slice::<LifecycleEvent>(&message.payload) else {
+            tracing::warn!(subject = %message.subject, "unreadable lifecycle event skipped");
+            continue;
+        };
+        if event.action != "disable" && event.action != "delete" {
+            continue;
+        }
+        let Ok(device) = DeviceKey::parse(&event.product_key, &event.device_name) else {
+            continue;
+        };
+        if shared.connections.kick(&device, KickReason::NotAuthorized) {
+            tracing::info!(%device, action = %event.action, "disconnecting device");
+        }
+    }
+}

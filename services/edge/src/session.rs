@@ -1,0 +1,240 @@
+//! One device session: admission at CONNECT, the connection state the MQTT adapters share, and
+//! what happens when it ends.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tether_bus::events::{self, Origin};
+use tether_contract::{DeviceAuthError, DeviceCredentials, DeviceSession, now_ms};
+use tether_model::topic::{may_subscribe, SubscribeFilter};
+use tokio::sync::mpsc;
+
+use crate::connections::{ConnCommand, ConnHandle, KickReason};
+use crate::{EdgeDeps, EdgeShared};
+
+/// Keepalive values Aliyun accepts, in seconds (PROTOCOL.md E).
+pub const KEEPALIVE_RANGE: std::ops::RangeInclusive<u16> = 30..=1200;
+
+/// The CONNECT fields admission looks at.
+pub struct ConnectRequest {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Bytes>,
+    pub keep_alive: u16,
+    pub peer: Option<SocketAddr>,
+}
+
+/// Why a CONNECT is refused; each adapter maps it to its CONNACK code.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("client id refused: {0}")]
+    ClientId(String),
+    #[error("keepalive {0} s is outside 30..=1200")]
+    KeepAlive(u16),
+    #[error("bad credentials: {0}")]
+    BadCredentials(DeviceAuthError),
+    #[error("device is disabled")]
+    NotAuthorized,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The MQTT sink of a connection, whichever protocol version it speaks.
+#[derive(Clone)]
+pub enum Sink {
+    V3(ntex_mqtt::v3::MqttSink),
+    V5(ntex_mqtt::v5::MqttSink),
+}
+
+/// A connection's state; cloned into every service of the connection (it is `!Send`).
+#[derive(Clone)]
+pub struct Connection {
+    inner: Rc<ConnState>,
+}
+
+pub struct ConnState {
+    pub shared: Arc<EdgeShared>,
+    pub session: DeviceSession,
+    pub conn_id: u64,
+    pub client_ip: String,
+    pub sink: Sink,
+    /// Explicit SUBSCRIBEs (the implicit ones are implied by the device's identity).
+    pub subscriptions: RefCell<Vec<SubscribeFilter>>,
+}
+
+/// A finished session, handed to the presence recorder.
+pub struct ClosedSession {
+    session: DeviceSession,
+    conn_id: u64,
+    client_ip: String,
+    at: i64,
+}
+
+// === impl Sink ===
+
+impl Sink {
+    /// Sends a QoS 0 message (replies and errors to the device).
+    pub fn send(&self, topic: &str, payload: Vec<u8>) {
+        let payload = ntex_bytes::Bytes::from(payload);
+        let result = match self {
+            Self::V3(sink) => sink.publish(topic).send_at_most_once(payload),
+            Self::V5(sink) => sink.publish(topic).send_at_most_once(payload),
+        };
+        if let Err(error) = result {
+            tracing::debug!(%topic, %error, "message to a closing connection dropped");
+        }
+    }
+
+    /// Closes the connection; v5 clients are told why.
+    pub fn kick(&self, reason: KickReason) {
+        use ntex_mqtt::v5::codec::{Disconnect, DisconnectReasonCode};
+        match self {
+            Self::V3(sink) => sink.close(),
+            Self::V5(sink) => {
+                let reason_code = match reason {
+                    KickReason::SessionTakenOver => DisconnectReasonCode::SessionTakenOver,
+                    KickReason::NotAuthorized => DisconnectReasonCode::NotAuthorized,
+                    KickReason::ServerShuttingDown => DisconnectReasonCode::ServerShuttingDown,
+                };
+                sink.close_with_reason(Disconnect { reason_code, ..Default::default() });
+            }
+        }
+    }
+}
+
+// === impl Connection ===
+
+impl Connection {
+    /// Admits a CONNECT: checks it, authenticates it, takes over an older session of the same
+    /// device and records the device ONLINE.
+    pub async fn admit(shared: &Arc<EdgeShared>, request: ConnectRequest, sink: Sink) -> Result<Self, Refusal> {
+        if request.client_id.is_empty() {
+            return Err(Refusal::ClientId("client id is empty".into()));
+        }
+        if !KEEPALIVE_RANGE.contains(&request.keep_alive) {
+            return Err(Refusal::KeepAlive(request.keep_alive));
+        }
+        let credentials = DeviceCredentials {
+            client_id: request.client_id,
+            username: request.username.unwrap_or_default(),
+            password: request.password.map(|p| p.to_vec()).unwrap_or_default(),
+        };
+        let session = match shared.deps.auth.authenticate_device(credentials).await {
+            Ok(session) => session,
+            Err(DeviceAuthError::ClientId(e)) => return Err(Refusal::ClientId(e.to_string())),
+            Err(DeviceAuthError::Disabled) => return Err(Refusal::NotAuthorized),
+            Err(DeviceAuthError::Unavailable(e)) => return Err(Refusal::Unavailable(e)),
+            Err(other) => return Err(Refusal::BadCredentials(other)),
+        };
+        let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let client_ip = request.peer.map(|p| p.ip().to_string()).unwrap_or_default();
+        let connected_at = now_ms();
+
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        shared.connections.insert(&session.device, ConnHandle { conn_id, commands });
+        ntex_rt::spawn(run_commands(command_rx, sink.clone()));
+
+        let route = tether_store::Route {
+            node: shared.config.node_id.clone(),
+            conn_id,
+            connected_at,
+            client_ip: client_ip.clone(),
+        };
+        if let Err(error) = shared.deps.routes.connect(&session.device, route).await {
+            shared.connections.remove(&session.device, conn_id);
+            return Err(Refusal::Unavailable(error.to_string()));
+        }
+        let origin = Origin { tenant: &session.tenant, device: &session.device, iot_id: &session.iot_id };
+        publish_status(&shared.deps, events::status(origin, true, connected_at, &client_ip)).await;
+        tracing::debug!(device = %session.device, conn_id, %client_ip, "device online");
+
+        let state = ConnState {
+            shared: shared.clone(),
+            session,
+            conn_id,
+            client_ip,
+            sink,
+            subscriptions: RefCell::new(Vec::new()),
+        };
+        Ok(Self { inner: Rc::new(state) })
+    }
+
+    /// Grants or refuses one SUBSCRIBE filter; granted filters are remembered.
+    pub fn subscribe(&self, filter: &str) -> bool {
+        let session = &self.inner.session;
+        match SubscribeFilter::parse(filter) {
+            Ok(parsed) if may_subscribe(&session.device, &session.topic_classes, &parsed) => {
+                self.inner.subscriptions.borrow_mut().push(parsed);
+                true
+            }
+            _ => {
+                tracing::warn!(device = %session.device, %filter, "subscribe denied");
+                false
+            }
+        }
+    }
+
+    pub fn unsubscribe(&self, filter: &str) {
+        self.inner.subscriptions.borrow_mut().retain(|f| f.to_string() != filter);
+    }
+}
+
+impl std::ops::Deref for Connection {
+    type Target = ConnState;
+
+    fn deref(&self) -> &ConnState {
+        &self.inner
+    }
+}
+
+// === impl ConnState ===
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        self.shared.connections.remove(&self.session.device, self.conn_id);
+        let closed = ClosedSession {
+            session: self.session.clone(),
+            conn_id: self.conn_id,
+            client_ip: std::mem::take(&mut self.client_ip),
+            at: now_ms(),
+        };
+        let _ = self.shared.closed.send(closed);
+    }
+}
+
+/// Runs a connection's commands on its own worker until the connection is gone.
+async fn run_commands(mut commands: mpsc::UnboundedReceiver<ConnCommand>, sink: Sink) {
+    while let Some(command) = commands.recv().await {
+        match command {
+            ConnCommand::Kick(reason) => {
+                sink.kick(reason);
+                return;
+            }
+        }
+    }
+}
+
+/// Records each closed session: OFFLINE, unless the device has already reconnected.
+pub async fn record_closed_sessions(deps: EdgeDeps, node: String, mut closed: mpsc::UnboundedReceiver<ClosedSession>) {
+    while let Some(ClosedSession { session, conn_id, client_ip, at }) = closed.recv().await {
+        match deps.routes.disconnect(&session.device, &node, conn_id, at).await {
+            Ok(true) => {
+                let origin = Origin { tenant: &session.tenant, device: &session.device, iot_id: &session.iot_id };
+                publish_status(&deps, events::status(origin, false, at, &client_ip)).await;
+                tracing::debug!(device = %session.device, conn_id, "device offline");
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(device = %session.device, %error, "offline not recorded"),
+        }
+    }
+}
+
+async fn publish_status(deps: &EdgeDeps, message: tether_bus::BusMessage) {
+    if let Err(error) = deps.bus.publish_durable(message).await {
+        tracing::warn!(%error, "status event not published");
+    }
+}

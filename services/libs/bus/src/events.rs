@@ -1,0 +1,131 @@
+//! The bus bodies of device events, in Aliyun's forwarded shapes (PROTOCOL.md B.4), so rules,
+//! history and server-side subscriptions read what Aliyun users already parse.
+
+use serde_json::{Map, Value, json};
+use tether_model::{DeviceKey, TenantId};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+use crate::BusMessage;
+use crate::subject::{self, UplinkKind};
+
+/// The header keys Aliyun's server-side subscription puts beside the body.
+pub mod header {
+    pub const TOPIC: &str = "topic";
+    pub const MESSAGE_ID: &str = "messageId";
+    pub const GENERATE_TIME: &str = "generateTime";
+}
+
+/// Who an event is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub tenant: &'a TenantId,
+    pub device: &'a DeviceKey,
+    pub iot_id: &'a str,
+}
+
+/// A property post: `items` are `{id: {value, time}}`; plain values get `received_at` as time.
+pub fn property_post(origin: Origin<'_>, request_id: &str, params: &Map<String, Value>, received_at: i64) -> BusMessage {
+    let items: Map<String, Value> = params
+        .iter()
+        .map(|(id, raw)| {
+            let (value, time) = split_timed_value(raw, received_at);
+            (id.clone(), json!({ "value": value, "time": time }))
+        })
+        .collect();
+    let body = json!({
+        "iotId": origin.iot_id,
+        "requestId": request_id,
+        "productKey": origin.device.product_key,
+        "deviceName": origin.device.device_name,
+        "gmtCreate": received_at,
+        "deviceType": "CustomCategory",
+        "items": items,
+        "checkFailedData": {},
+    });
+    let topic = format!(
+        "/{}/{}/thing/event/property/post",
+        origin.device.product_key, origin.device.device_name
+    );
+    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Property), body, topic, request_id, received_at)
+}
+
+/// An online/offline transition (`/as/mqtt/status/{pk}/{dn}`); `last_time` orders flaps.
+pub fn status(origin: Origin<'_>, online: bool, at: i64, client_ip: &str) -> BusMessage {
+    let body = json!({
+        "status": if online { "online" } else { "offline" },
+        "iotId": origin.iot_id,
+        "productKey": origin.device.product_key,
+        "deviceName": origin.device.device_name,
+        "time": local_time(at),
+        "utcTime": utc_time(at),
+        "lastTime": local_time(at),
+        "utcLastTime": utc_time(at),
+        "clientIp": client_ip,
+    });
+    let topic = format!("/as/mqtt/status/{}/{}", origin.device.product_key, origin.device.device_name);
+    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Status), body, topic, &at.to_string(), at)
+}
+
+/// A property value as `(value, time)`: `{value, time}` objects are unwrapped.
+pub fn split_timed_value(raw: &Value, default_time: i64) -> (Value, i64) {
+    if let Value::Object(obj) = raw
+        && let Some(value) = obj.get("value")
+        && obj.keys().all(|k| k == "value" || k == "time")
+    {
+        let time = obj.get("time").and_then(Value::as_i64).unwrap_or(default_time);
+        return (value.clone(), time);
+    }
+    (raw.clone(), default_time)
+}
+
+fn with_headers(subject: String, body: Value, topic: String, message_id: &str, at: i64) -> BusMessage {
+    BusMessage::new(subject, body.to_string())
+        .with_header(header::TOPIC, topic)
+        .with_header(header::MESSAGE_ID, message_id)
+        .with_header(header::GENERATE_TIME, at.to_string())
+}
+
+fn datetime(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// `yyyy-MM-dd HH:mm:ss.SSS`, in UTC.
+fn local_time(ms: i64) -> String {
+    let format = format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]");
+    datetime(ms).format(&format).unwrap_or_default()
+}
+
+fn utc_time(ms: i64) -> String {
+    datetime(ms).format(&Rfc3339).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn property_post_items_carry_value_and_time() {
+        let device = DeviceKey::parse("pk", "dn").unwrap();
+        let tenant = TenantId::new("t").unwrap();
+        let params = json!({"Power": "on", "Temp": {"value": 21.5, "time": 5}});
+        let msg = property_post(Origin { tenant: &tenant, device: &device, iot_id: "iot1" }, "9", params.as_object().unwrap(), 100);
+        let body: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(body["items"]["Power"], json!({"value": "on", "time": 100}));
+        assert_eq!(body["items"]["Temp"], json!({"value": 21.5, "time": 5}));
+        assert_eq!(msg.headers[header::TOPIC], "/pk/dn/thing/event/property/post");
+        assert_eq!(msg.subject, "tether.up.t.pk.dn.property");
+    }
+
+    #[test]
+    fn status_times_are_formatted() {
+        let device = DeviceKey::parse("pk", "dn").unwrap();
+        let tenant = TenantId::new("t").unwrap();
+        let msg = status(Origin { tenant: &tenant, device: &device, iot_id: "i" }, true, 1_510_799_670_074, "10.0.0.1");
+        let body: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(body["time"], "2017-11-16 02:34:30.074");
+        assert_eq!(body["utcTime"], "2017-11-16T02:34:30.074Z");
+        assert_eq!(body["status"], "online");
+    }
+}
