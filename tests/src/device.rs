@@ -32,6 +32,7 @@ enum Report {
     Connected,
     SubAck(Vec<bool>),
     Closed(String),
+    RefusedV5(rumqttc::v5::mqttbytes::v5::ConnectReturnCode),
 }
 
 /// An MQTT 3.1.1 device.
@@ -228,7 +229,6 @@ impl DeviceV5 {
         let (msg_tx, messages) = mpsc::unbounded_channel();
         let (report_tx, mut reports) = mpsc::unbounded_channel();
         let (ack_tx, acks) = mpsc::unbounded_channel();
-        let (refusal_tx, mut refusal_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -250,7 +250,19 @@ impl DeviceV5 {
                     }
                     Ok(_) => {}
                     Err(E5::ConnectionRefused(code)) => {
-                        let _ = refusal_tx.send(code);
+                        let _ = report_tx.send(Report::RefusedV5(code));
+                        return;
+                    }
+                    // rumqttc treats a negative PUBACK or SUBACK as fatal and drops the
+                    // connection: report the reason code, then end like any close.
+                    Err(E5::MqttState(rumqttc::v5::StateError::PubAckFail { reason })) => {
+                        let _ = ack_tx.send(V5Ack::PubAck(reason));
+                        let _ = report_tx.send(Report::Closed(format!("puback {reason:?}")));
+                        return;
+                    }
+                    Err(E5::MqttState(rumqttc::v5::StateError::SubFail { reason })) => {
+                        let _ = ack_tx.send(V5Ack::SubAck(vec![reason]));
+                        let _ = report_tx.send(Report::Closed(format!("suback {reason:?}")));
                         return;
                     }
                     Err(error) => {
@@ -260,13 +272,10 @@ impl DeviceV5 {
                 }
             }
         });
-        tokio::select! {
-            report = reports.recv() => match report {
-                Some(Report::Connected) => Ok(Self { client, messages, reports, acks }),
-                other => panic!("v5 connection failed: {other:?}"),
-            },
-            Some(code) = refusal_rx.recv() => Err(code),
-            () = tokio::time::sleep(WAIT) => panic!("no v5 CONNACK"),
+        match tokio::time::timeout(WAIT, reports.recv()).await {
+            Ok(Some(Report::Connected)) => Ok(Self { client, messages, reports, acks }),
+            Ok(Some(Report::RefusedV5(code))) => Err(code),
+            other => panic!("v5 connection failed: {other:?}"),
         }
     }
 

@@ -1,0 +1,189 @@
+//! Interop: the unmodified official Aliyun Python device SDK (`aliyun-iot-linkkit`, on
+//! paho-mqtt 1.x) against Tether. The SDK side is `tests/interop/linkkit_property_post.py`, run
+//! with the repository's virtualenv (`make deps` creates it).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tether_tests::{TestPlatform, eventually};
+
+/// Per-step timeout handed to the script (connect, reply, hold, disconnect).
+const SCRIPT_STEP_TIMEOUT_SECS: u64 = 20;
+/// How long the test waits for the script as a whole.
+const SCRIPT_RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `.venv/bin/python`; fails (never skips) when the virtualenv is missing.
+fn venv_python() -> PathBuf {
+    let python = workspace_root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make deps` (scripts/deps.sh) to create the virtualenv with aliyun-iot-linkkit and paho-mqtt<2",
+        python.display()
+    );
+    python
+}
+
+/// The script's process; killed if the test fails while it runs.
+struct Script {
+    child: Option<Child>,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+struct ScriptOutput {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Script {
+    fn spawn(python: &Path, args: &[String]) -> Self {
+        let script = workspace_root().join("tests/interop/linkkit_property_post.py");
+        let dir = tempfile::tempdir().expect("temp dir");
+        // stderr (SDK and paho debug logs) goes to a file so a full pipe can never stall the SDK.
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(python)
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", python.display(), script.display()));
+        Self { child: Some(child), stderr_path, _dir: dir }
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("script is running")
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Closes the script's stdin, which ends its `--hold`.
+    fn release(&mut self) {
+        drop(self.child().stdin.take());
+    }
+
+    /// Waits for the script to exit (bounded) and collects its output.
+    async fn output(mut self) -> ScriptOutput {
+        let deadline = tokio::time::Instant::now() + SCRIPT_RUN_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child().try_wait().expect("poll script") {
+                break status;
+            }
+            // On timeout the panic drops `self`, which kills the script.
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the script did not exit within {SCRIPT_RUN_TIMEOUT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // One short line: it fits the pipe, so reading after exit cannot deadlock.
+        let mut stdout = String::new();
+        if let Some(out) = self.child().stdout.as_mut() {
+            out.read_to_string(&mut stdout).expect("script stdout");
+        }
+        ScriptOutput { status, stdout, stderr: self.stderr() }
+    }
+
+    /// Output so far of a script that has already exited.
+    fn exited_output(&mut self, status: ExitStatus) -> String {
+        let mut stdout = String::new();
+        if let Some(out) = self.child().stdout.as_mut() {
+            let _ = out.read_to_string(&mut stdout);
+        }
+        format!("exit: {status}\nstdout: {stdout}\nstderr:\n{}", self.stderr())
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_linkkit_sdk_posts_a_property_and_gets_code_200() {
+    let python = venv_python();
+    let platform = TestPlatform::start().await;
+    let creds = platform.device().await;
+    let addr = platform.mqtt_addr();
+
+    let mut script = Script::spawn(
+        &python,
+        &[
+            "--host".into(),
+            addr.ip().to_string(),
+            "--port".into(),
+            addr.port().to_string(),
+            "--product-key".into(),
+            creds.product_key.clone(),
+            "--device-name".into(),
+            creds.device_name.clone(),
+            "--device-secret".into(),
+            creds.device_secret.clone(),
+            "--timeout".into(),
+            SCRIPT_STEP_TIMEOUT_SECS.to_string(),
+            "--hold".into(),
+        ],
+    );
+
+    // The SDK holds its connection (`--hold`) until stdin closes: the device must show ONLINE.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(SCRIPT_STEP_TIMEOUT_SECS);
+    let online = loop {
+        let (status, body) = platform.status(&creds).await;
+        if status == "ONLINE" {
+            break body;
+        }
+        if let Some(exit) = script.child().try_wait().expect("poll script") {
+            panic!("the script exited before the device was seen ONLINE (status {body}):\n{}", script.exited_output(exit));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "device not ONLINE within {SCRIPT_STEP_TIMEOUT_SECS}s (status {body}); script stderr:\n{}",
+            script.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(online["timestamp"].is_i64(), "{online}");
+
+    script.release();
+    let output = script.output().await;
+    let report = format!("exit: {}\nstdout: {}\nstderr:\n{}", output.status, output.stdout, output.stderr);
+    let line = output.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let observed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line from the script ({e}):\n{report}"));
+    assert!(output.status.success(), "the SDK run failed: {observed}\n{report}");
+    assert_eq!(observed["connected"], true, "{observed}");
+    assert_eq!(observed["prop_post_code"], 200, "on_thing_prop_post code: {observed}\n{report}");
+    assert_eq!(observed["prop_post_reply"]["message"], "success", "{observed}");
+    assert_eq!(
+        observed["prop_post_reply"]["id"], observed["prop_post_request_id"],
+        "the reply answers the request: {observed}"
+    );
+
+    // After the SDK's DISCONNECT the device is OFFLINE, remembering when it was online.
+    let offline = eventually("device OFFLINE after the script exits", Duration::from_secs(10), || async {
+        let (status, body) = platform.status(&creds).await;
+        (status == "OFFLINE").then_some(body)
+    })
+    .await;
+    assert!(offline["lastOnlineTime"].is_i64(), "{offline}");
+    assert!(offline["lastOfflineTime"].as_i64() >= offline["lastOnlineTime"].as_i64(), "{offline}");
+
+    platform.stop().await;
+}
