@@ -260,6 +260,11 @@ impl DeviceV5 {
                         let _ = report_tx.send(Report::Closed(format!("puback {reason:?}")));
                         return;
                     }
+                    Err(E5::MqttState(rumqttc::v5::StateError::ServerDisconnect { reason_code, .. })) => {
+                        let _ = ack_tx.send(V5Ack::Disconnect(reason_code));
+                        let _ = report_tx.send(Report::Closed(format!("disconnect {reason_code:?}")));
+                        return;
+                    }
                     Err(E5::MqttState(rumqttc::v5::StateError::SubFail { reason })) => {
                         let _ = ack_tx.send(V5Ack::SubAck(vec![reason]));
                         let _ = report_tx.send(Report::Closed(format!("suback {reason:?}")));

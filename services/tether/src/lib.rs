@@ -43,6 +43,7 @@ pub struct Platform {
     edge: Edge,
     gateway: Gateway,
     routes: LocalRoutes,
+    store: std::sync::Weak<dyn KvStore>,
 }
 
 // === impl EmbeddedConfig ===
@@ -75,6 +76,7 @@ impl Platform {
         let bus = Arc::new(InProcessBus::new());
         let bus_dyn: Arc<dyn Bus> = bus.clone();
         let auth: Arc<dyn AuthService> = Arc::new(Auth::open(store.clone(), bus_dyn.clone(), &admin_key).await?);
+        let store_ref = Arc::downgrade(&store);
         let routes = LocalRoutes::open(store, now_ms()).await?;
         let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
 
@@ -93,7 +95,7 @@ impl Platform {
                 return Err(error.into());
             }
         };
-        Ok(Self { admin_key, admin_key_source, bus, edge, gateway, routes })
+        Ok(Self { admin_key, admin_key_source, bus, edge, gateway, routes, store: store_ref })
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {
@@ -104,11 +106,22 @@ impl Platform {
         self.gateway.local_addr()
     }
 
-    /// Disconnects every device, records it OFFLINE and stops the listeners.
+    /// Disconnects every device, records it OFFLINE, stops the listeners and closes the store.
     pub async fn stop(self) {
-        self.edge.stop().await;
-        self.gateway.stop().await;
-        self.routes.flush().await;
+        let Self { edge, gateway, routes, store, .. } = self;
+        edge.stop().await;
+        gateway.stop().await;
+        routes.close().await;
+        // Every service lets go of the store as it stops: wait for fjall to sync and unlock, so
+        // the data directory can be opened again at once.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.strong_count() > 0 {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("store still in use after shutdown");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }
 

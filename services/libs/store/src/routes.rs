@@ -60,6 +60,8 @@ pub struct LocalRoutes {
 enum WriterMsg {
     Put(String, Bytes),
     Flush(oneshot::Sender<()>),
+    /// Write what is queued, then let go of the store.
+    Close(oneshot::Sender<()>),
 }
 
 // === impl Presence ===
@@ -99,6 +101,14 @@ impl LocalRoutes {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.writer.send(WriterMsg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Writes every recorded transition and releases the store; later transitions are not saved.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(WriterMsg::Close(tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -151,6 +161,11 @@ async fn write_behind(store: Arc<dyn KvStore>, mut rx: mpsc::UnboundedReceiver<W
             }
             WriterMsg::Flush(done) => {
                 let _ = done.send(());
+            }
+            WriterMsg::Close(done) => {
+                drop(store);
+                let _ = done.send(());
+                return;
             }
         }
     }
