@@ -118,7 +118,8 @@ impl Device {
                         let _ = msg_tx.send(Message { topic: p.topic, payload: p.payload.to_vec() });
                     }
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        let granted = ack.return_codes.iter().map(|c| matches!(c, SubscribeReasonCode::Success(_))).collect();
+                        let granted =
+                            ack.return_codes.iter().map(|c| matches!(c, SubscribeReasonCode::Success(_))).collect();
                         let _ = report_tx.send(Report::SubAck(granted));
                     }
                     Ok(_) => {}

@@ -151,7 +151,10 @@ async fn python_linkkit_sdk_posts_a_property_and_gets_code_200() {
             break body;
         }
         if let Some(exit) = script.child().try_wait().expect("poll script") {
-            panic!("the script exited before the device was seen ONLINE (status {body}):\n{}", script.exited_output(exit));
+            panic!(
+                "the script exited before the device was seen ONLINE (status {body}):\n{}",
+                script.exited_output(exit)
+            );
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -166,13 +169,17 @@ async fn python_linkkit_sdk_posts_a_property_and_gets_code_200() {
     let output = script.output().await;
     let report = format!("exit: {}\nstdout: {}\nstderr:\n{}", output.status, output.stdout, output.stderr);
     let line = output.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    let observed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line from the script ({e}):\n{report}"));
+    let observed: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line from the script ({e}):\n{report}"));
     eprintln!("the SDK observed: {observed}");
     assert!(output.status.success(), "the SDK run failed: {observed}\n{report}");
     assert_eq!(observed["connected"], true, "{observed}");
     assert_eq!(observed["prop_post_code"], 200, "on_thing_prop_post code: {observed}\n{report}");
     assert_eq!(observed["prop_post_reply"]["message"], "success", "{observed}");
-    assert_eq!(observed["prop_post_reply"]["id"], observed["prop_post_request_id"], "the reply answers the request: {observed}");
+    assert_eq!(
+        observed["prop_post_reply"]["id"], observed["prop_post_request_id"],
+        "the reply answers the request: {observed}"
+    );
 
     // After the SDK's DISCONNECT the device is OFFLINE, remembering when it was online.
     let offline = eventually("device OFFLINE after the script exits", Duration::from_secs(10), || async {

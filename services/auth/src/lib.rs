@@ -14,8 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tether_bus::{Bus, BusMessage, subject};
 use tether_contract::{
@@ -132,7 +132,8 @@ impl Auth {
     async fn issue_key(&self, tenant: &TenantId) -> Result<IssuedApiKey, ServiceError> {
         let (key_id, api_key) = secrets::api_key();
         let hash = secrets::hash_api_key(&api_key);
-        let record = ApiKeyRecord { key_id: key_id.clone(), tenant_id: tenant.clone(), admin: false, created_at: now_ms() };
+        let record =
+            ApiKeyRecord { key_id: key_id.clone(), tenant_id: tenant.clone(), admin: false, created_at: now_ms() };
         self.write(&format!("apikey/{hash}"), &record, Expect::Absent).await?;
         self.registry.write().api_keys.insert(hash, record);
         Ok(IssuedApiKey { key_id, api_key })
@@ -352,7 +353,12 @@ impl AuthService for Auth {
         Ok(())
     }
 
-    async fn set_device_enabled(&self, tenant: &TenantId, device: &DeviceKey, enabled: bool) -> Result<Device, ServiceError> {
+    async fn set_device_enabled(
+        &self,
+        tenant: &TenantId,
+        device: &DeviceKey,
+        enabled: bool,
+    ) -> Result<Device, ServiceError> {
         let mut record = self.device_of(tenant, device)?;
         if record.enabled != enabled {
             record.enabled = enabled;

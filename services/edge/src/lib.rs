@@ -81,11 +81,8 @@ impl Edge {
     /// Binds the MQTT listener and starts serving.
     pub async fn start(config: EdgeConfig, deps: EdgeDeps) -> Result<Self, EdgeError> {
         let (closed, closed_rx) = mpsc::unbounded_channel();
-        let lifecycle_events = deps
-            .bus
-            .subscribe(subject::ALL_LIFECYCLE)
-            .await
-            .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+        let lifecycle_events =
+            deps.bus.subscribe(subject::ALL_LIFECYCLE).await.map_err(|e| EdgeError::Runtime(e.to_string()))?;
         let shared = Arc::new(EdgeShared {
             config,
             deps,
@@ -94,7 +91,11 @@ impl Edge {
             closed,
         });
         let (server, local_addr) = mqtt::serve(shared.clone())?;
-        let presence = tokio::spawn(session::record_closed_sessions(shared.deps.clone(), shared.config.node_id.clone(), closed_rx));
+        let presence = tokio::spawn(session::record_closed_sessions(
+            shared.deps.clone(),
+            shared.config.node_id.clone(),
+            closed_rx,
+        ));
         let lifecycle = tokio::spawn(connections::kick_on_lifecycle(shared.clone(), lifecycle_events));
         tracing::info!(addr = %local_addr, node = %shared.config.node_id, "mqtt listener started");
         Ok(Self { local_addr, shared, server, presence, lifecycle })

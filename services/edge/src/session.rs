@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tether_bus::events::{self, Origin};
 use tether_contract::{DeviceAuthError, DeviceCredentials, DeviceSession, now_ms};
-use tether_model::topic::{may_subscribe, SubscribeFilter};
+use tether_model::topic::{SubscribeFilter, may_subscribe};
 use tokio::sync::mpsc;
 
 use crate::connections::{ConnCommand, ConnHandle, KickReason};
@@ -208,13 +208,9 @@ impl Drop for ConnState {
 
 /// Runs a connection's commands on its own worker until the connection is gone.
 async fn run_commands(mut commands: mpsc::UnboundedReceiver<ConnCommand>, sink: Sink) {
-    while let Some(command) = commands.recv().await {
-        match command {
-            ConnCommand::Kick(reason) => {
-                sink.kick(reason);
-                return;
-            }
-        }
+    // A closed channel means the connection has ended (or been replaced) without a kick.
+    if let Some(ConnCommand::Kick(reason)) = commands.recv().await {
+        sink.kick(reason);
     }
 }
 

@@ -107,7 +107,8 @@ impl Connection {
                 return PublishOutcome::Accepted;
             }
         };
-        let origin = Origin { tenant: &self.session.tenant, device: &self.session.device, iot_id: &self.session.iot_id };
+        let origin =
+            Origin { tenant: &self.session.tenant, device: &self.session.device, iot_id: &self.session.iot_id };
         let message = events::property_post(origin, &request.id, params, now_ms());
         if let Err(error) = self.shared.deps.bus.publish_durable(message).await {
             tracing::error!(device = %self.session.device, %error, "property post not handed to the bus");

@@ -8,9 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tether_contract::{
-    DataFormat, Device, Dialect, NewDevice, NewProduct, NodeType, Product, ServiceError, Tenant,
-};
+use tether_contract::{DataFormat, Device, Dialect, NewDevice, NewProduct, NodeType, Product, ServiceError, Tenant};
 use tether_model::{DeviceKey, DeviceName, ProductKey, TenantId, TopicClass, TopicOperation};
 use utoipa::{IntoParams, ToSchema};
 
@@ -270,8 +268,16 @@ pub async fn create_product(
     let new = NewProduct {
         name: req.name,
         product_key: req.product_key.as_deref().map(product_key).transpose()?,
-        node_type: parse_choice("nodeType", req.node_type.as_deref(), &[("device", NodeType::Device), ("gateway", NodeType::Gateway)])?,
-        data_format: parse_choice("dataFormat", req.data_format.as_deref(), &[("alink", DataFormat::Alink), ("raw", DataFormat::Raw)])?,
+        node_type: parse_choice(
+            "nodeType",
+            req.node_type.as_deref(),
+            &[("device", NodeType::Device), ("gateway", NodeType::Gateway)],
+        )?,
+        data_format: parse_choice(
+            "dataFormat",
+            req.data_format.as_deref(),
+            &[("alink", DataFormat::Alink), ("raw", DataFormat::Raw)],
+        )?,
         dialect: parse_choice(
             "dialect",
             req.dialect.as_deref(),
@@ -289,7 +295,11 @@ pub async fn list_products(State(deps): Deps, Auth(caller): Auth) -> ApiResult<J
 }
 
 #[utoipa::path(get, path = "/api/v1/products/{productKey}", responses((status = 200, body = ProductView), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn get_product(State(deps): Deps, Auth(caller): Auth, Path(pk): Path<String>) -> ApiResult<Json<ProductView>> {
+pub async fn get_product(
+    State(deps): Deps,
+    Auth(caller): Auth,
+    Path(pk): Path<String>,
+) -> ApiResult<Json<ProductView>> {
     let product = deps.auth.get_product(&caller.tenant, &product_key(&pk)?).await?;
     Ok(Json(product.into()))
 }

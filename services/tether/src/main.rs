@@ -38,7 +38,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn,ntex_server=warn,ntex_rt=warn,ntex_net=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG")
+        .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn,ntex_server=warn,ntex_rt=warn,ntex_net=warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let Cli { command } = Cli::parse();
     let result = match command {

@@ -73,9 +73,13 @@ async fn products_devices_and_topic_classes_behave_as_resources() {
         api.post("/products", json!({"name": "gw", "productKey": "gwProduct1", "nodeType": "gateway"})).await;
     assert_eq!(status, StatusCode::CREATED, "{product}");
     assert_eq!(product["nodeType"], "gateway");
-    assert_eq!(api.post("/products", json!({"name": "again", "productKey": "gwProduct1"})).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        api.post("/products", json!({"name": "again", "productKey": "gwProduct1"})).await.0,
+        StatusCode::CONFLICT
+    );
 
-    let (status, device) = api.post("/products/gwProduct1/devices", json!({"deviceName": "dev-1", "deviceSecret": "s3cret"})).await;
+    let (status, device) =
+        api.post("/products/gwProduct1/devices", json!({"deviceName": "dev-1", "deviceSecret": "s3cret"})).await;
     assert_eq!(status, StatusCode::CREATED, "{device}");
     assert_eq!(device["deviceSecret"], "s3cret");
     assert_eq!(device["iotId"].as_str().map(str::len), Some(20));
@@ -94,10 +98,12 @@ async fn products_devices_and_topic_classes_behave_as_resources() {
     assert!(rest.get("nextPageToken").is_none());
     assert_eq!(api.get("/products/gwProduct1/devices?pageSize=0").await.0, StatusCode::BAD_REQUEST);
 
-    let (status, class) = api.post("/products/gwProduct1/topics", json!({"topicShortName": "cmd/down", "operation": "sub"})).await;
+    let (status, class) =
+        api.post("/products/gwProduct1/topics", json!({"topicShortName": "cmd/down", "operation": "sub"})).await;
     assert_eq!(status, StatusCode::CREATED, "{class}");
     assert_eq!(class["topicFullName"], "/gwProduct1/${deviceName}/user/cmd/down");
-    let (status, _) = api.post("/products/gwProduct1/topics", json!({"topicShortName": "a/+", "operation": "sub"})).await;
+    let (status, _) =
+        api.post("/products/gwProduct1/topics", json!({"topicShortName": "a/+", "operation": "sub"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // The new class is subscribable at once by a device of the product.

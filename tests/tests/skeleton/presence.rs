@@ -91,7 +91,8 @@ async fn a_restart_keeps_products_devices_secrets_and_presence() {
 
     let (code, product) = platform.api.get(&format!("/products/{}", creds.product_key)).await;
     assert!(code.is_success(), "{product}");
-    let (_, device_body) = platform.api.get(&format!("/products/{}/devices/{}", creds.product_key, creds.device_name)).await;
+    let (_, device_body) =
+        platform.api.get(&format!("/products/{}/devices/{}", creds.product_key, creds.device_name)).await;
     assert_eq!(device_body["deviceSecret"], creds.device_secret.as_str());
     let mut device = Device::connect(platform.mqtt_addr(), &creds).await;
     let reply = device.request(&creds, "thing/event/property/post", br#"{"id":"1","params":{"a":1}}"#).await;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread;
 
 use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS};
-use ntex_service::{fn_factory_with_config, fn_service};
 use ntex_service::cfg::SharedCfg;
+use ntex_service::{fn_factory_with_config, fn_service};
 use ntex_util::time::Seconds;
 
 use crate::session::Connection;
@@ -72,24 +72,23 @@ pub fn serve(shared: Arc<EdgeShared>) -> Result<(ServerHandle, SocketAddr), Edge
     let thread = thread::Builder::new()
         .name("tether-mqtt".into())
         .spawn(move || {
-            let result = ntex_rt::System::build()
-                .name("tether-mqtt")
-                .signals(false)
-                .build(ntex_net::DefaultRuntime)
-                .block_on(async move {
-                    let factory_shared = shared.clone();
-                    let server = ntex_server::net::ServerBuilder::default()
-                        .workers(workers)
-                        .disable_signals()
-                        .listen("mqtt", listener, async move |_| {
-                            let shared = factory_shared.clone();
-                            mqtt_server(shared)
-                        })?
-                        .config("mqtt", SharedCfg::new("MQTT").add(mqtt_config))
-                        .run();
-                    let _ = ready_tx.send(Ok(server.clone()));
-                    server.await
-                });
+            let result =
+                ntex_rt::System::build().name("tether-mqtt").signals(false).build(ntex_net::DefaultRuntime).block_on(
+                    async move {
+                        let factory_shared = shared.clone();
+                        let server = ntex_server::net::ServerBuilder::default()
+                            .workers(workers)
+                            .disable_signals()
+                            .listen("mqtt", listener, async move |_| {
+                                let shared = factory_shared.clone();
+                                mqtt_server(shared)
+                            })?
+                            .config("mqtt", SharedCfg::new("MQTT").add(mqtt_config))
+                            .run();
+                        let _ = ready_tx.send(Ok(server.clone()));
+                        server.await
+                    },
+                );
             if let Err(error) = result {
                 tracing::error!(%error, "mqtt server stopped with an error");
             }
@@ -105,13 +104,14 @@ pub fn serve(shared: Arc<EdgeShared>) -> Result<(ServerHandle, SocketAddr), Edge
 /// Both protocol versions on one listener; each connection gets its [`Connection`] as state.
 fn mqtt_server(shared: Arc<EdgeShared>) -> impl ntex_service::ServiceFactory<ntex_io::Io, SharedCfg> + 'static {
     let shared_v3 = shared.clone();
-    let v3 = ntex_mqtt::v3::MqttServer::new(fn_service(move |handshake| v3::handshake_v3(shared_v3.clone(), handshake)))
-        .protocol(fn_factory_with_config(async |session: ntex_mqtt::v3::Session<Connection>| {
-            Ok::<_, HandlerError>(fn_service(move |msg| v3::protocol_v3(session.clone(), msg)))
-        }))
-        .publish(fn_factory_with_config(async |session: ntex_mqtt::v3::Session<Connection>| {
-            Ok::<_, HandlerError>(fn_service(move |publish| v3::publish_v3(session.clone(), publish)))
-        }));
+    let v3 =
+        ntex_mqtt::v3::MqttServer::new(fn_service(move |handshake| v3::handshake_v3(shared_v3.clone(), handshake)))
+            .protocol(fn_factory_with_config(async |session: ntex_mqtt::v3::Session<Connection>| {
+                Ok::<_, HandlerError>(fn_service(move |msg| v3::protocol_v3(session.clone(), msg)))
+            }))
+            .publish(fn_factory_with_config(async |session: ntex_mqtt::v3::Session<Connection>| {
+                Ok::<_, HandlerError>(fn_service(move |publish| v3::publish_v3(session.clone(), publish)))
+            }));
     let v5 = ntex_mqtt::v5::MqttServer::new(fn_service(move |handshake| v5::handshake_v5(shared.clone(), handshake)))
         .protocol(fn_factory_with_config(async |session: ntex_mqtt::v5::Session<Connection>| {
             Ok::<_, HandlerError>(fn_service(move |msg| v5::protocol_v5(session.clone(), msg)))

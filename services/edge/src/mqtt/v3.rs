@@ -4,16 +4,19 @@
 use std::sync::Arc;
 
 use ntex_io::types::PeerAddr;
-use ntex_mqtt::v3::{self, ProtocolMessage, ProtocolMessageAck, Publish, Session};
-use ntex_mqtt::v3::codec::ConnectAckReason;
 use ntex_mqtt::QoS;
+use ntex_mqtt::v3::codec::ConnectAckReason;
+use ntex_mqtt::v3::{self, ProtocolMessage, ProtocolMessageAck, Publish, Session};
 
 use super::HandlerError;
 use crate::EdgeShared;
 use crate::session::{ConnectRequest, Connection, Refusal, Sink};
 use crate::uplink::PublishOutcome;
 
-pub async fn handshake_v3(shared: Arc<EdgeShared>, handshake: v3::Handshake) -> Result<v3::HandshakeAck<Connection>, HandlerError> {
+pub async fn handshake_v3(
+    shared: Arc<EdgeShared>,
+    handshake: v3::Handshake,
+) -> Result<v3::HandshakeAck<Connection>, HandlerError> {
     let packet = handshake.packet();
     let request = ConnectRequest {
         client_id: packet.client_id.to_string(),

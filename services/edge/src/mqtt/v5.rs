@@ -3,16 +3,19 @@
 use std::sync::Arc;
 
 use ntex_io::types::PeerAddr;
+use ntex_mqtt::QoS;
 use ntex_mqtt::v5::codec::{ConnectAckReason, PublishAckReason, SubscribeAckReason};
 use ntex_mqtt::v5::{self, ProtocolMessage, ProtocolMessageAck, Publish, PublishAck, Session};
-use ntex_mqtt::QoS;
 
 use super::HandlerError;
 use crate::EdgeShared;
 use crate::session::{ConnectRequest, Connection, Refusal, Sink};
 use crate::uplink::PublishOutcome;
 
-pub async fn handshake_v5(shared: Arc<EdgeShared>, handshake: v5::Handshake) -> Result<v5::HandshakeAck<Connection>, HandlerError> {
+pub async fn handshake_v5(
+    shared: Arc<EdgeShared>,
+    handshake: v5::Handshake,
+) -> Result<v5::HandshakeAck<Connection>, HandlerError> {
     let packet = handshake.packet();
     let request = ConnectRequest {
         client_id: packet.client_id.to_string(),

@@ -26,7 +26,12 @@ pub struct Origin<'a> {
 }
 
 /// A property post: `items` are `{id: {value, time}}`; plain values get `received_at` as time.
-pub fn property_post(origin: Origin<'_>, request_id: &str, params: &Map<String, Value>, received_at: i64) -> BusMessage {
+pub fn property_post(
+    origin: Origin<'_>,
+    request_id: &str,
+    params: &Map<String, Value>,
+    received_at: i64,
+) -> BusMessage {
     let items: Map<String, Value> = params
         .iter()
         .map(|(id, raw)| {
@@ -44,11 +49,14 @@ pub fn property_post(origin: Origin<'_>, request_id: &str, params: &Map<String, 
         "items": items,
         "checkFailedData": {},
     });
-    let topic = format!(
-        "/{}/{}/thing/event/property/post",
-        origin.device.product_key, origin.device.device_name
-    );
-    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Property), body, topic, request_id, received_at)
+    let topic = format!("/{}/{}/thing/event/property/post", origin.device.product_key, origin.device.device_name);
+    with_headers(
+        subject::uplink(origin.tenant, origin.device, UplinkKind::Property),
+        body,
+        topic,
+        request_id,
+        received_at,
+    )
 }
 
 /// An online/offline transition (`/as/mqtt/status/{pk}/{dn}`); `last_time` orders flaps.
@@ -110,7 +118,12 @@ mod tests {
         let device = DeviceKey::parse("pk", "dn").unwrap();
         let tenant = TenantId::new("t").unwrap();
         let params = json!({"Power": "on", "Temp": {"value": 21.5, "time": 5}});
-        let msg = property_post(Origin { tenant: &tenant, device: &device, iot_id: "iot1" }, "9", params.as_object().unwrap(), 100);
+        let msg = property_post(
+            Origin { tenant: &tenant, device: &device, iot_id: "iot1" },
+            "9",
+            params.as_object().unwrap(),
+            100,
+        );
         let body: Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(body["items"]["Power"], json!({"value": "on", "time": 100}));
         assert_eq!(body["items"]["Temp"], json!({"value": 21.5, "time": 5}));

@@ -65,8 +65,8 @@ impl MqttClientId {
                     secure_mode = Some(mode);
                 }
                 "signmethod" => {
-                    let method = SignMethod::parse(value)
-                        .ok_or_else(|| ClientIdError::UnknownSignMethod(value.to_owned()))?;
+                    let method =
+                        SignMethod::parse(value).ok_or_else(|| ClientIdError::UnknownSignMethod(value.to_owned()))?;
                     sign_method = Some(method);
                 }
                 "timestamp" => {

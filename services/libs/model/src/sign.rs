@@ -92,10 +92,8 @@ fn verify_mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], content: &[u8], given:
 impl SignParams<'_> {
     /// The signed content: parameters sorted by name, each written as name + value.
     pub fn content(&self) -> String {
-        let mut content = format!(
-            "clientId{}deviceName{}productKey{}",
-            self.client_id, self.device_name, self.product_key
-        );
+        let mut content =
+            format!("clientId{}deviceName{}productKey{}", self.client_id, self.device_name, self.product_key);
         if let Some(ts) = self.timestamp {
             content.push_str("timestamp");
             content.push_str(ts);
@@ -109,12 +107,8 @@ mod tests {
     use super::*;
 
     // The worked example of PROTOCOL.md B.1 (seed 003) and the extra vectors computed beside it.
-    const EXAMPLE: SignParams<'static> = SignParams {
-        client_id: "12345",
-        device_name: "device",
-        product_key: "pk",
-        timestamp: Some("789"),
-    };
+    const EXAMPLE: SignParams<'static> =
+        SignParams { client_id: "12345", device_name: "device", product_key: "pk", timestamp: Some("789") };
 
     #[test]
     fn content_matches_the_seed() {

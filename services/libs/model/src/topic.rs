@@ -130,11 +130,9 @@ impl Topic {
                 Ok(Self::Ntp { device: device(pk, dn)?, direction })
             }
             ["ext", "session", pk, dn, _, ..] => Ok(Self::Session { device: device(pk, dn)?, path: tail(4) }),
-            ["ext", "rrpc", id, pk, dn, "user", _, ..] => Ok(Self::ExtRrpc {
-                message_id: MessageId::new(*id)?,
-                device: device(pk, dn)?,
-                short: tail(6),
-            }),
+            ["ext", "rrpc", id, pk, dn, "user", _, ..] => {
+                Ok(Self::ExtRrpc { message_id: MessageId::new(*id)?, device: device(pk, dn)?, short: tail(6) })
+            }
             ["ext", "error", pk, dn] => Ok(Self::ExtError { device: device(pk, dn)? }),
             ["shadow", op, pk, dn] => {
                 let op = match *op {
@@ -221,11 +219,9 @@ impl fmt::Display for Topic {
             Self::Session { device, path } => {
                 write!(f, "/ext/session/{}/{}/{path}", device.product_key, device.device_name)
             }
-            Self::ExtRrpc { message_id, device, short } => write!(
-                f,
-                "/ext/rrpc/{message_id}/{}/{}/user/{short}",
-                device.product_key, device.device_name
-            ),
+            Self::ExtRrpc { message_id, device, short } => {
+                write!(f, "/ext/rrpc/{message_id}/{}/{}/user/{short}", device.product_key, device.device_name)
+            }
             Self::ExtError { device } => {
                 write!(f, "/ext/error/{}/{}", device.product_key, device.device_name)
             }

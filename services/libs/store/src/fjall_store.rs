@@ -167,7 +167,9 @@ mod tests {
         let base = store.put("shadow/x", Bytes::from_static(b"0"), Expect::Absent).await.unwrap();
         let attempts = (0..8).map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.put("shadow/x", Bytes::from(format!("{i}")), Expect::Revision(base)).await })
+            tokio::spawn(
+                async move { store.put("shadow/x", Bytes::from(format!("{i}")), Expect::Revision(base)).await },
+            )
         });
         let results = futures_util_join(attempts.collect()).await;
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
