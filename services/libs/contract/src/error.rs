@@ -2,7 +2,8 @@
 //! (the gateway's `error.rs`).
 
 /// What went wrong in a service call, in terms a caller can act on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
 pub enum ServiceError {
     #[error("{what} not found")]
     NotFound { what: String },
@@ -25,6 +26,41 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// The gRPC status for this error; the error itself rides in the details, so the client
+    /// gets back exactly what the service said.
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self {
+            Self::NotFound { .. } => Code::NotFound,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::Invalid { .. } => Code::InvalidArgument,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Conflict { .. } => Code::Aborted,
+            Self::TooManyRequests(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        };
+        let details = serde_json::to_vec(self).unwrap_or_default();
+        tonic::Status::with_details(code, self.to_string(), details.into())
+    }
+
+    /// The error a gRPC status carries (transport failures become `Unavailable`).
+    pub fn from_status(status: &tonic::Status) -> Self {
+        if let Ok(err) = serde_json::from_slice(status.details()) {
+            return err;
+        }
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::NotFound => Self::NotFound { what: message },
+            tonic::Code::InvalidArgument => Self::Invalid { field: "request".into(), reason: message },
+            tonic::Code::Unauthenticated => Self::Unauthenticated,
+            tonic::Code::PermissionDenied => Self::PermissionDenied(message),
+            tonic::Code::Internal => Self::Internal(message),
+            _ => Self::Unavailable(message),
+        }
+    }
+
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::NotFound { what: what.into() }
     }

@@ -8,8 +8,8 @@ pub mod auth;
 mod error;
 
 pub use auth::{
-    AuthService, Caller, DataFormat, Device, DeviceAuthError, DeviceCredentials, DeviceSession, Dialect, IssuedApiKey,
-    NewDevice, NewProduct, NodeType, Page, Product, Tenant,
+    AuthGrpcClient, AuthGrpcServer, AuthService, Caller, DataFormat, Device, DeviceAuthError, DeviceCredentials,
+    DeviceSession, Dialect, IssuedApiKey, NewDevice, NewProduct, NodeType, Page, Product, Tenant,
 };
 pub use error::ServiceError;
 

@@ -35,6 +35,9 @@ pub enum ClientIdError {
     SecureMode(String),
     #[error("timestamp `{0}` is not a number")]
     Timestamp(String),
+    /// Refused by a remote auth service, with its reason.
+    #[error("{0}")]
+    Remote(String),
 }
 
 // === impl MqttClientId ===

@@ -7,6 +7,11 @@ use tether_model::{ClientIdError, DeviceKey, DeviceName, ProductKey, TenantId, T
 
 use crate::ServiceError;
 
+mod grpc;
+mod wire;
+
+pub use grpc::{AuthGrpcClient, AuthGrpcServer};
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Tenant {
