@@ -20,7 +20,7 @@ fn generated_code_is_up_to_date() {
                 config
             },
             &[root.join("tether/v1/auth.proto")],
-            &[root.clone()],
+            std::slice::from_ref(&root),
         )
         .unwrap();
 

@@ -16,6 +16,8 @@ use tether_edge::{Edge, EdgeConfig, EdgeDeps};
 use tether_gateway::{Gateway, GatewayDeps};
 use tether_store::{FjallStore, KvStore, LocalRoutes, SessionRoutes};
 
+pub mod config;
+
 /// Settings of an embedded platform.
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {
