@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tether_bus::Subscription;
 use tether_model::DeviceKey;
 use tokio::sync::mpsc;
@@ -68,11 +68,32 @@ impl Connections {
         }
     }
 
+    /// Kicks `conn_id` only if it is still the device's connection here.
+    pub fn kick_connection(&self, device: &DeviceKey, conn_id: u64, reason: KickReason) -> bool {
+        match self.by_device.lock().get(device) {
+            Some(handle) if handle.conn_id == conn_id => handle.commands.send(ConnCommand::Kick(reason)).is_ok(),
+            _ => false,
+        }
+    }
+
+    pub fn devices(&self) -> Vec<DeviceKey> {
+        self.by_device.lock().keys().cloned().collect()
+    }
+
     pub fn kick_all(&self, reason: KickReason) {
         for handle in self.by_device.lock().values() {
             let _ = handle.commands.send(ConnCommand::Kick(reason));
         }
     }
+}
+
+/// A request from another edge to close a session it has taken over.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KickRequest {
+    pub product_key: String,
+    pub device_name: String,
+    pub conn_id: u64,
 }
 
 #[derive(Deserialize)]
@@ -99,5 +120,19 @@ pub async fn kick_on_lifecycle(shared: Arc<EdgeShared>, mut events: Subscription
         if shared.connections.kick(&device, KickReason::NotAuthorized) {
             tracing::info!(%device, action = %event.action, "disconnecting device");
         }
+    }
+}
+
+/// Closes sessions that CONNECTs on other edges have taken over.
+pub async fn kick_on_request(shared: Arc<EdgeShared>, mut requests: Subscription) {
+    while let Some(message) = requests.next().await {
+        let Ok(request) = serde_json::from_slice::<KickRequest>(&message.payload) else {
+            tracing::warn!(subject = %message.subject, "unreadable kick request skipped");
+            continue;
+        };
+        let Ok(device) = DeviceKey::parse(&request.product_key, &request.device_name) else {
+            continue;
+        };
+        shared.connections.kick_connection(&device, request.conn_id, KickReason::SessionTakenOver);
     }
 }

@@ -39,6 +39,8 @@ pub struct EdgeConfig {
     pub max_payload_bytes: usize,
     /// MQTT worker threads.
     pub workers: usize,
+    /// Sent to MQTT 5 clients with DISCONNECT 0x8B when this edge shuts down.
+    pub server_reference: Option<String>,
 }
 
 /// The services the edge talks to.
@@ -64,6 +66,7 @@ pub struct Edge {
     server: mqtt::ServerHandle,
     presence: JoinHandle<()>,
     lifecycle: JoinHandle<()>,
+    remote_kicks: JoinHandle<()>,
 }
 
 /// What every connection of this edge shares; `Send + Sync`, reached from every worker.
@@ -83,6 +86,11 @@ impl Edge {
         let (closed, closed_rx) = mpsc::unbounded_channel();
         let lifecycle_events =
             deps.bus.subscribe(subject::ALL_LIFECYCLE).await.map_err(|e| EdgeError::Runtime(e.to_string()))?;
+        let kicks = deps
+            .bus
+            .subscribe(&subject::edge_kick(&config.node_id))
+            .await
+            .map_err(|e| EdgeError::Runtime(e.to_string()))?;
         let shared = Arc::new(EdgeShared {
             config,
             deps,
@@ -97,8 +105,9 @@ impl Edge {
             closed_rx,
         ));
         let lifecycle = tokio::spawn(connections::kick_on_lifecycle(shared.clone(), lifecycle_events));
+        let remote_kicks = tokio::spawn(connections::kick_on_request(shared.clone(), kicks));
         tracing::info!(addr = %local_addr, node = %shared.config.node_id, "mqtt listener started");
-        Ok(Self { local_addr, shared, server, presence, lifecycle })
+        Ok(Self { local_addr, shared, server, presence, lifecycle, remote_kicks })
     }
 
     /// The address the listener is bound to (useful when configured with port 0).
@@ -109,11 +118,29 @@ impl Edge {
     /// Disconnects every device (v5: reason 0x8B), stops the listener and waits until each
     /// device's OFFLINE has been recorded.
     pub async fn stop(self) {
-        let Self { shared, server, presence, lifecycle, .. } = self;
+        self.drain(std::time::Duration::ZERO).await;
+    }
+
+    /// Stops accepting, disconnects the devices spread evenly over `over` (so they reconnect to
+    /// other edges gradually; v5 clients get 0x8B and the server reference), then stops.
+    pub async fn drain(self, over: std::time::Duration) {
+        let Self { shared, server, presence, lifecycle, remote_kicks, .. } = self;
+        server.pause().await;
+        let devices = shared.connections.devices();
+        let pause = over.checked_div(u32::try_from(devices.len()).unwrap_or(u32::MAX).max(1)).unwrap_or_default();
+        tracing::info!(devices = devices.len(), seconds = over.as_secs(), "draining edge");
+        for device in devices {
+            shared.connections.kick(&device, KickReason::ServerShuttingDown);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
         shared.connections.kick_all(KickReason::ServerShuttingDown);
         server.stop().await;
-        lifecycle.abort();
-        let _ = lifecycle.await;
+        for task in [lifecycle, remote_kicks] {
+            task.abort();
+            let _ = task.await;
+        }
         drop(shared);
         // The presence task ends once every connection has reported its close.
         let _ = presence.await;

@@ -13,7 +13,9 @@ use tether_contract::{DeviceAuthError, DeviceCredentials, DeviceSession, now_ms}
 use tether_model::topic::{SubscribeFilter, may_subscribe};
 use tokio::sync::mpsc;
 
-use crate::connections::{ConnCommand, ConnHandle, KickReason};
+use tether_bus::subject;
+
+use crate::connections::{ConnCommand, ConnHandle, KickReason, KickRequest};
 use crate::{EdgeDeps, EdgeShared};
 
 /// Keepalive values Aliyun accepts, in seconds (PROTOCOL.md E).
@@ -89,8 +91,8 @@ impl Sink {
         }
     }
 
-    /// Closes the connection; v5 clients are told why.
-    pub fn kick(&self, reason: KickReason) {
+    /// Closes the connection; v5 clients are told why (and where to go, when shutting down).
+    pub fn kick(&self, reason: KickReason, server_reference: Option<&str>) {
         use ntex_mqtt::v5::codec::{Disconnect, DisconnectReasonCode};
         match self {
             Self::V3(sink) => sink.close(),
@@ -100,7 +102,11 @@ impl Sink {
                     KickReason::NotAuthorized => DisconnectReasonCode::NotAuthorized,
                     KickReason::ServerShuttingDown => DisconnectReasonCode::ServerShuttingDown,
                 };
-                sink.close_with_reason(Disconnect { reason_code, ..Default::default() });
+                let server_reference = match reason {
+                    KickReason::ServerShuttingDown => server_reference.map(Into::into),
+                    _ => None,
+                };
+                sink.close_with_reason(Disconnect { reason_code, server_reference, ..Default::default() });
             }
         }
     }
@@ -136,7 +142,7 @@ impl Connection {
 
         let (commands, command_rx) = mpsc::unbounded_channel();
         shared.connections.insert(&session.device, ConnHandle { conn_id, commands });
-        ntex_rt::spawn(run_commands(command_rx, sink.clone()));
+        ntex_rt::spawn(run_commands(command_rx, sink.clone(), shared.config.server_reference.clone()));
 
         let route = tether_store::Route {
             node: shared.config.node_id.clone(),
@@ -144,9 +150,25 @@ impl Connection {
             connected_at,
             client_ip: client_ip.clone(),
         };
-        if let Err(error) = shared.deps.routes.connect(&session.device, route).await {
-            shared.connections.remove(&session.device, conn_id);
-            return Err(Refusal::Unavailable(error.to_string()));
+        match shared.deps.routes.connect(&session.device, route).await {
+            Ok(Some(previous)) if previous.node != shared.config.node_id => {
+                // The device's old session lives on another edge: ask that edge to close it.
+                let request = KickRequest {
+                    product_key: session.device.product_key.to_string(),
+                    device_name: session.device.device_name.to_string(),
+                    conn_id: previous.conn_id,
+                };
+                let body = serde_json::to_vec(&request).expect("kick request serializes");
+                let message = tether_bus::BusMessage::new(subject::edge_kick(&previous.node), body);
+                if let Err(error) = shared.deps.bus.publish(message).await {
+                    tracing::warn!(device = %session.device, node = %previous.node, %error, "remote takeover kick not sent");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                shared.connections.remove(&session.device, conn_id);
+                return Err(Refusal::Unavailable(error.to_string()));
+            }
         }
         let origin = Origin { tenant: &session.tenant, device: &session.device, iot_id: &session.iot_id };
         publish_status(&shared.deps, events::status(origin, true, connected_at, &client_ip)).await;
@@ -207,10 +229,14 @@ impl Drop for ConnState {
 }
 
 /// Runs a connection's commands on its own worker until the connection is gone.
-async fn run_commands(mut commands: mpsc::UnboundedReceiver<ConnCommand>, sink: Sink) {
+async fn run_commands(
+    mut commands: mpsc::UnboundedReceiver<ConnCommand>,
+    sink: Sink,
+    server_reference: Option<String>,
+) {
     // A closed channel means the connection has ended (or been replaced) without a kick.
     if let Some(ConnCommand::Kick(reason)) = commands.recv().await {
-        sink.kick(reason);
+        sink.kick(reason, server_reference.as_deref());
     }
 }
 

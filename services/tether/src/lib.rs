@@ -87,6 +87,7 @@ impl Platform {
             node_id: "embedded".into(),
             max_payload_bytes: config.max_payload_bytes,
             workers: config.mqtt_workers,
+            server_reference: None,
         };
         let edge_deps = EdgeDeps { auth: auth.clone(), bus: bus_dyn, routes: routes_dyn.clone() };
         let edge = Edge::start(edge_config, edge_deps).await?;

@@ -29,6 +29,11 @@ pub struct HandlerError(pub String);
 // === impl ServerHandle ===
 
 impl ServerHandle {
+    /// Stops accepting new connections.
+    pub async fn pause(&self) {
+        self.server.pause().await;
+    }
+
     pub async fn stop(self) {
         self.server.stop(true).await;
         let thread = self.thread;

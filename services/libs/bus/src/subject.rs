@@ -43,6 +43,11 @@ pub fn lifecycle(tenant: &TenantId, device: &DeviceKey) -> String {
     )
 }
 
+/// `tether.edge.<node>.kick`: close a session that a CONNECT on another node has taken over.
+pub fn edge_kick(node: &str) -> String {
+    format!("tether.edge.{}.kick", token(node))
+}
+
 /// Every device lifecycle event.
 pub const ALL_LIFECYCLE: &str = "tether.registry.*.*.*.lifecycle";
 

@@ -5,15 +5,19 @@
 //! returns `Ok` has been synced to disk.
 
 mod fjall_store;
+mod nats_kv;
 mod routes;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use fjall_store::FjallStore;
+pub use nats_kv::{Change, ChangeStream, NatsKvStore};
 pub use routes::{LocalRoutes, Presence, Route, SessionRoutes};
 
-/// A key's revision: bumped by every write; the first write of a key is revision 1.
+/// Names one stored version of a key: every write returns a new revision, larger than the one
+/// it replaced, and never 0. The numbers are the backend's: a per-key count from 1 in
+/// [`FjallStore`], the bucket-wide sequence in [`NatsKvStore`]; only compare them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Revision(pub u64);
 
