@@ -190,7 +190,8 @@ impl ClusterConfig {
         ];
         for (prefix, unknown) in sections {
             for key in unknown.keys() {
-                tracing::warn!(key = %format!("{prefix}{key}"), "unknown configuration key ignored");
+                let path = format!("{prefix}{key}");
+                tracing::warn!(key = %path, "unknown configuration key ignored");
             }
         }
     }
