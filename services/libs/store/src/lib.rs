@@ -6,6 +6,7 @@
 
 mod fjall_store;
 mod nats_kv;
+mod redis_routes;
 mod routes;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 
 pub use fjall_store::FjallStore;
 pub use nats_kv::{Change, ChangeStream, NatsKvStore};
+pub use redis_routes::{Claim, RedisRoutes, RedisRoutesConfig};
 pub use routes::{LocalRoutes, Presence, Route, SessionRoutes};
 
 /// Names one stored version of a key: every write returns a new revision, larger than the one
