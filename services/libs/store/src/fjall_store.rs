@@ -1,6 +1,8 @@
 //! The embedded [`KvStore`]: one fjall keyspace, values prefixed with their 8-byte revision.
 //! Writes are serialized by one lock (that is what makes compare-and-set atomic) and synced to
-//! disk before they return.
+//! disk before they return. Revisions come from one store-wide counter (kept in the `meta`
+//! keyspace, written in the same batch), so a key deleted and created again never reuses a
+//! revision a stale writer could still hold.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,8 +23,12 @@ pub struct FjallStore {
 struct Inner {
     db: Database,
     kv: Keyspace,
-    write_lock: Mutex<()>,
+    meta: Keyspace,
+    /// The last revision handed out; guarded by the write lock.
+    write_lock: Mutex<u64>,
 }
+
+const LAST_REVISION: &str = "last-revision";
 
 // === impl FjallStore ===
 
@@ -31,7 +37,12 @@ impl FjallStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = Database::builder(dir).open().map_err(backend)?;
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default).map_err(backend)?;
-        Ok(Self { inner: Arc::new(Inner { db, kv, write_lock: Mutex::new(()) }) })
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(backend)?;
+        let last = match meta.get(LAST_REVISION).map_err(backend)? {
+            Some(raw) => u64::from_be_bytes(raw.as_ref().try_into().map_err(|_| backend("bad revision counter"))?),
+            None => 0,
+        };
+        Ok(Self { inner: Arc::new(Inner { db, kv, meta, write_lock: Mutex::new(last) }) })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -55,15 +66,18 @@ impl KvStore for FjallStore {
     async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<Revision, StoreError> {
         let key = key.to_owned();
         self.blocking(move |inner| {
-            let _guard = inner.write_lock.lock();
+            let mut last = inner.write_lock.lock();
             let current = inner.read(&key)?.map(|e| e.revision);
             check(&key, current, expect)?;
-            let revision = Revision(current.map_or(1, |r| r.0 + 1));
+            let revision = Revision(*last + 1);
             let mut stored = Vec::with_capacity(8 + value.len());
             stored.extend_from_slice(&revision.0.to_be_bytes());
             stored.extend_from_slice(&value);
-            inner.kv.insert(key.as_bytes(), stored).map_err(backend)?;
-            inner.db.persist(PersistMode::SyncAll).map_err(backend)?;
+            let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&inner.kv, key.as_bytes(), stored);
+            batch.insert(&inner.meta, LAST_REVISION, revision.0.to_be_bytes().to_vec());
+            batch.commit().map_err(backend)?;
+            *last = revision.0;
             Ok(revision)
         })
         .await
@@ -72,7 +86,7 @@ impl KvStore for FjallStore {
     async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
         let key = key.to_owned();
         self.blocking(move |inner| {
-            let _guard = inner.write_lock.lock();
+            let _last = inner.write_lock.lock();
             let current = inner.read(&key)?.map(|e| e.revision);
             check(&key, current, expect)?;
             if current.is_some() {
