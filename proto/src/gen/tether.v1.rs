@@ -209,6 +209,14 @@ pub struct DeviceRef {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FindDeviceRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SetDeviceEnabledRequest {
     #[prost(message, optional, tag = "1")]
     pub device: ::core::option::Option<DeviceRef>,
@@ -828,6 +836,27 @@ pub mod auth_client {
                 .insert(GrpcMethod::new("tether.v1.Auth", "SetDeviceEnabled"));
             self.inner.unary(req, path, codec).await
         }
+        /// Any tenant's device, by product key and name (for platform services, never tenants).
+        pub async fn find_device(
+            &mut self,
+            request: impl tonic::IntoRequest<super::FindDeviceRequest>,
+        ) -> std::result::Result<tonic::Response<super::Device>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Auth/FindDevice",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tether.v1.Auth", "FindDevice"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Checks a CONNECT's Aliyun sign; a refusal is an answer, not an error.
         pub async fn authenticate_device(
             &mut self,
@@ -939,6 +968,11 @@ pub mod auth_server {
         async fn set_device_enabled(
             &self,
             request: tonic::Request<super::SetDeviceEnabledRequest>,
+        ) -> std::result::Result<tonic::Response<super::Device>, tonic::Status>;
+        /// Any tenant's device, by product key and name (for platform services, never tenants).
+        async fn find_device(
+            &self,
+            request: tonic::Request<super::FindDeviceRequest>,
         ) -> std::result::Result<tonic::Response<super::Device>, tonic::Status>;
         /// Checks a CONNECT's Aliyun sign; a refusal is an answer, not an error.
         async fn authenticate_device(
@@ -1665,6 +1699,49 @@ pub mod auth_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SetDeviceEnabledSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Auth/FindDevice" => {
+                    #[allow(non_camel_case_types)]
+                    struct FindDeviceSvc<T: Auth>(pub Arc<T>);
+                    impl<T: Auth> tonic::server::UnaryService<super::FindDeviceRequest>
+                    for FindDeviceSvc<T> {
+                        type Response = super::Device;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::FindDeviceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Auth>::find_device(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = FindDeviceSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -369,6 +369,11 @@ impl AuthService for Auth {
         Ok(record)
     }
 
+    async fn find_device(&self, device: &DeviceKey) -> Result<Device, ServiceError> {
+        let registry = self.registry.read();
+        registry.devices.get(device).cloned().ok_or_else(|| ServiceError::not_found(format!("device {device}")))
+    }
+
     async fn authenticate_device(&self, credentials: DeviceCredentials) -> Result<DeviceSession, DeviceAuthError> {
         let client_id = MqttClientId::parse(&credentials.client_id)?;
         let (dn, pk) = credentials.username.split_once('&').ok_or(DeviceAuthError::Username)?;

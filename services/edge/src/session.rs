@@ -164,6 +164,11 @@ impl Connection {
                     tracing::warn!(device = %session.device, node = %previous.node, %error, "remote takeover kick not sent");
                 }
             }
+            Ok(Some(own)) if own.conn_id == conn_id => {
+                // A session that connected later already holds the device: this one must drop.
+                shared.connections.remove(&session.device, conn_id);
+                return Err(Refusal::Unavailable("a later session of this device holds it".into()));
+            }
             Ok(_) => {}
             Err(error) => {
                 shared.connections.remove(&session.device, conn_id);

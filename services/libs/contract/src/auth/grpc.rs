@@ -173,6 +173,14 @@ impl AuthService for AuthGrpcClient {
         self.client().set_device_enabled(request).await.map_err(status)?.into_inner().try_into()
     }
 
+    async fn find_device(&self, device: &DeviceKey) -> Result<Device, ServiceError> {
+        let request = pb::FindDeviceRequest {
+            product_key: device.product_key.to_string(),
+            device_name: device.device_name.to_string(),
+        };
+        self.client().find_device(request).await.map_err(status)?.into_inner().try_into()
+    }
+
     async fn authenticate_device(&self, credentials: DeviceCredentials) -> Result<DeviceSession, DeviceAuthError> {
         let request = pb::AuthenticateDeviceRequest {
             client_id: credentials.client_id,
@@ -351,6 +359,12 @@ impl pb::auth_server::Auth for AuthGrpcServer {
         let device = req.device.ok_or_else(|| ServiceError::invalid("device", "missing").to_status())?;
         let (tenant, device) = device_of(&device)?;
         reply(self.inner.set_device_enabled(&tenant, &device, req.enabled).await)
+    }
+
+    async fn find_device(&self, req: Request<pb::FindDeviceRequest>) -> GrpcResult<pb::Device> {
+        let req = req.into_inner();
+        let device = wire::device_key(&req.product_key, &req.device_name).map_err(|e| e.to_status())?;
+        reply(self.inner.find_device(&device).await)
     }
 
     async fn authenticate_device(

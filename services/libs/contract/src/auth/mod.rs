@@ -192,6 +192,10 @@ pub trait AuthService: Send + Sync + 'static {
         enabled: bool,
     ) -> Result<Device, ServiceError>;
 
+    /// Any tenant's device by its key: for platform services (presence, reaper), never for
+    /// tenant requests.
+    async fn find_device(&self, device: &DeviceKey) -> Result<Device, ServiceError>;
+
     /// Checks a CONNECT's Aliyun sign.
     async fn authenticate_device(&self, credentials: DeviceCredentials) -> Result<DeviceSession, DeviceAuthError>;
 }
