@@ -7,10 +7,12 @@
 //! - **core** messages ([`Bus::publish`], [`Bus::subscribe`]) — downlinks, kicks, replies —
 //!   delivered to whoever listens now.
 //!
-//! Embedded mode uses [`InProcessBus`]; the NATS adapter comes with cluster mode.
+//! Embedded mode uses [`InProcessBus`]; cluster mode uses [`NatsBus`] (a JetStream stream with
+//! durable pull consumers for stream messages, core NATS for the rest).
 
 pub mod events;
 mod in_process;
+mod nats;
 pub mod subject;
 
 use std::collections::BTreeMap;
@@ -20,6 +22,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use in_process::InProcessBus;
+pub use nats::{NatsBus, NatsBusConfig};
 
 /// One message on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +37,9 @@ pub struct BusMessage {
 pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The bus refuses the message or filter itself; retrying the same call will not help.
+    #[error("invalid bus request: {0}")]
+    Invalid(String),
     #[error("bus is shut down")]
     Closed,
 }
@@ -52,12 +58,19 @@ pub trait Acker: Send + Sync {
 
 /// A stream of core messages matching one subscription.
 pub struct Subscription {
-    receiver: mpsc::UnboundedReceiver<BusMessage>,
+    receiver: Receiver<BusMessage>,
 }
 
 /// A member of a durable consumer group.
 pub struct Consumer {
-    receiver: mpsc::UnboundedReceiver<Delivery>,
+    receiver: Receiver<Delivery>,
+}
+
+/// An adapter's channel end: unbounded in process, bounded where a network adapter must not buffer
+/// a whole stream for a slow reader.
+enum Receiver<T> {
+    Unbounded(mpsc::UnboundedReceiver<T>),
+    Bounded(mpsc::Receiver<T>),
 }
 
 /// The bus as services see it.
@@ -105,7 +118,12 @@ impl Delivery {
 
 impl Subscription {
     pub fn new(receiver: mpsc::UnboundedReceiver<BusMessage>) -> Self {
-        Self { receiver }
+        Self { receiver: Receiver::Unbounded(receiver) }
+    }
+
+    /// A subscription fed by a bounded channel: the adapter waits while it is full.
+    pub fn bounded(receiver: mpsc::Receiver<BusMessage>) -> Self {
+        Self { receiver: Receiver::Bounded(receiver) }
     }
 
     /// The next message; `None` once the bus is gone.
@@ -118,11 +136,27 @@ impl Subscription {
 
 impl Consumer {
     pub fn new(receiver: mpsc::UnboundedReceiver<Delivery>) -> Self {
-        Self { receiver }
+        Self { receiver: Receiver::Unbounded(receiver) }
+    }
+
+    /// A consumer fed by a bounded channel: the adapter stops pulling while it is full.
+    pub fn bounded(receiver: mpsc::Receiver<Delivery>) -> Self {
+        Self { receiver: Receiver::Bounded(receiver) }
     }
 
     /// The next delivery; `None` once the bus is gone.
     pub async fn next(&mut self) -> Option<Delivery> {
         self.receiver.recv().await
+    }
+}
+
+// === impl Receiver ===
+
+impl<T> Receiver<T> {
+    async fn recv(&mut self) -> Option<T> {
+        match self {
+            Self::Unbounded(receiver) => receiver.recv().await,
+            Self::Bounded(receiver) => receiver.recv().await,
+        }
     }
 }
