@@ -16,6 +16,7 @@ use tether_edge::{Edge, EdgeConfig, EdgeDeps};
 use tether_gateway::{Gateway, GatewayDeps};
 use tether_store::{FjallStore, KvStore, LocalRoutes, SessionRoutes};
 
+pub mod cluster;
 pub mod config;
 
 /// Settings of an embedded platform.

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use tether::cluster::{Role, run_role};
+use tether::config::ClusterConfig;
 use tether::{AdminKeySource, EmbeddedConfig, Platform};
 
 #[derive(Parser)]
@@ -34,6 +36,27 @@ enum Command {
         #[arg(long, default_value_t = 2, env = "TETHER_MQTT_WORKERS")]
         mqtt_workers: usize,
     },
+    /// Cluster mode: the MQTT edge (devices connect here; any number of them).
+    Edge(RoleArgs),
+    /// Cluster mode: tenants, products, devices, secrets, sign checks (gRPC).
+    Auth(RoleArgs),
+    /// Cluster mode: thing models and shadows.
+    Thing(RoleArgs),
+    /// Cluster mode: the command correlator (property set, services, RRPC).
+    Command(RoleArgs),
+    /// Cluster mode: SQL rules and server-side subscriptions.
+    Rules(RoleArgs),
+    /// Cluster mode: time-series history.
+    History(RoleArgs),
+    /// Cluster mode: the tenant REST API.
+    Gateway(RoleArgs),
+}
+
+#[derive(Args)]
+struct RoleArgs {
+    /// TOML configuration shared by every role; each key can be overridden by TETHER_<SECTION>_<KEY>.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -52,6 +75,13 @@ async fn main() -> ExitCode {
             };
             run(config).await
         }
+        Command::Edge(args) => run_cluster(Role::Edge, args).await,
+        Command::Auth(args) => run_cluster(Role::Auth, args).await,
+        Command::Thing(args) => run_cluster(Role::Thing, args).await,
+        Command::Command(args) => run_cluster(Role::Command, args).await,
+        Command::Rules(args) => run_cluster(Role::Rules, args).await,
+        Command::History(args) => run_cluster(Role::History, args).await,
+        Command::Gateway(args) => run_cluster(Role::Gateway, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +109,12 @@ async fn run(config: EmbeddedConfig) -> anyhow::Result<()> {
     platform.stop().await;
     println!("stopped");
     Ok(())
+}
+
+async fn run_cluster(role: Role, args: RoleArgs) -> anyhow::Result<()> {
+    let config = ClusterConfig::load(args.config.as_deref(), std::env::vars())?;
+    tracing::info!(role = ?role, node = %config.node.id, "starting");
+    run_role(role, config, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,213 @@
+//! Cluster mode: `tether <role> --config FILE` runs one service per process, over gRPC (auth),
+//! NATS (bus, registry KV) and Redis (session routes). The same service code as `tether run`,
+//! with the cluster adapters behind the traits.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use tether_auth::Auth;
+use tether_bus::events::{self, Origin};
+use tether_bus::{Bus, NatsBus, NatsBusConfig};
+use tether_contract::{AuthGrpcClient, AuthGrpcServer, AuthService, now_ms};
+use tether_edge::{Edge, EdgeConfig, EdgeDeps};
+use tether_gateway::{Gateway, GatewayDeps};
+use tether_store::{KvStore, NatsKvStore, RedisRoutes, RedisRoutesConfig};
+use tether_telemetry::{HealthServer, ReadinessCheck};
+
+use crate::config::ClusterConfig;
+
+/// The processes cluster mode is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Edge,
+    Auth,
+    Thing,
+    Command,
+    Rules,
+    History,
+    Gateway,
+}
+
+/// Runs `role` until `shutdown` resolves, then drains and stops.
+pub async fn run_role(role: Role, config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    match role {
+        Role::Auth => run_auth(config, shutdown).await,
+        Role::Edge => run_edge(config, shutdown).await,
+        Role::Gateway => run_gateway(config, shutdown).await,
+        Role::Thing | Role::Command | Role::Rules | Role::History => {
+            bail!("the {role:?} role is not part of this release yet: its service has not been built")
+        }
+    }
+}
+
+async fn connect_bus(config: &ClusterConfig) -> anyhow::Result<NatsBus> {
+    let mut bus_config = NatsBusConfig::new(&config.nats.url);
+    bus_config.replicas = config.nats.replicas;
+    NatsBus::connect(bus_config).await.with_context(|| format!("cannot use NATS at {} (nats.url)", config.nats.url))
+}
+
+async fn connect_routes(config: &ClusterConfig) -> anyhow::Result<RedisRoutes> {
+    RedisRoutes::connect(&config.redis.url, RedisRoutesConfig::default()).await.context("redis.url")
+}
+
+fn auth_client(config: &ClusterConfig) -> anyhow::Result<AuthGrpcClient> {
+    AuthGrpcClient::new(&config.auth.url).with_context(|| format!("invalid auth.url {}", config.auth.url))
+}
+
+async fn health(config: &ClusterConfig, checks: Vec<Arc<dyn ReadinessCheck>>) -> anyhow::Result<HealthServer> {
+    HealthServer::start(config.health.addr, checks, tether_telemetry::registry())
+        .await
+        .with_context(|| format!("cannot listen on {} (health.addr)", config.health.addr))
+}
+
+async fn run_auth(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if config.auth.admin_key.is_empty() {
+        bail!("auth.admin_key is required in cluster mode (or TETHER_AUTH_ADMIN_KEY)");
+    }
+    let store = NatsKvStore::connect(&config.nats.url, &config.nats.kv_bucket, config.nats.replicas)
+        .await
+        .with_context(|| format!("cannot use NATS KV at {} (nats.url)", config.nats.url))?;
+    let bus = connect_bus(&config).await?;
+    let store_dyn: Arc<dyn KvStore> = Arc::new(store.clone());
+    let auth: Arc<dyn AuthService> =
+        Arc::new(Auth::open(store_dyn, Arc::new(bus.clone()), &config.auth.admin_key).await?);
+
+    let listener = tokio::net::TcpListener::bind(config.auth.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (auth.grpc_addr)", config.auth.grpc_addr))?;
+    let health = health(&config, vec![Arc::new(NatsCheck(bus)), Arc::new(KvCheck(store))]).await?;
+    tracing::info!(addr = %config.auth.grpc_addr, "auth serving grpc");
+    tonic::transport::Server::builder()
+        .add_service(AuthGrpcServer::new(auth).into_service())
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+        .context("auth grpc server failed")?;
+    health.stop();
+    Ok(())
+}
+
+async fn run_edge(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let bus = connect_bus(&config).await?;
+    let routes = connect_routes(&config).await?;
+    let auth = auth_client(&config)?;
+    let node = config.node.id.clone();
+    routes.register_node(&node).await.context("cannot register this edge in redis")?;
+    let ttl = Duration::from_secs(config.edge.heartbeat_ttl_seconds);
+    routes.heartbeat(&node, ttl).await.context("first heartbeat")?;
+
+    let bus_dyn: Arc<dyn Bus> = Arc::new(bus.clone());
+    let auth_dyn: Arc<dyn AuthService> = Arc::new(auth.clone());
+    let edge_config = EdgeConfig {
+        mqtt_addr: config.edge.mqtt_addr,
+        node_id: node.clone(),
+        max_payload_bytes: config.edge.max_payload_bytes,
+        workers: config.edge.workers,
+        server_reference: config.edge.server_reference.clone(),
+    };
+    let deps = EdgeDeps { auth: auth_dyn.clone(), bus: bus_dyn.clone(), routes: Arc::new(routes.clone()) };
+    let edge = Edge::start(edge_config, deps).await?;
+    let health = health(&config, vec![Arc::new(NatsCheck(bus)), Arc::new(RedisCheck(routes.clone()))]).await?;
+
+    let keeper = tokio::spawn(keep_routes(routes, node, ttl, auth_dyn, bus_dyn));
+    shutdown.await;
+    keeper.abort();
+    edge.drain(Duration::from_secs(config.edge.drain_seconds)).await;
+    health.stop();
+    Ok(())
+}
+
+/// Beats this edge's heartbeat, and reaps the routes of edges whose heartbeat stopped: their
+/// devices go OFFLINE (with a status event) within about one TTL.
+async fn keep_routes(routes: RedisRoutes, node: String, ttl: Duration, auth: Arc<dyn AuthService>, bus: Arc<dyn Bus>) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    loop {
+        tick.tick().await;
+        if let Err(error) = routes.heartbeat(&node, ttl).await {
+            tracing::warn!(%error, "heartbeat failed");
+            continue;
+        }
+        let reaped = match routes.reap_dead_nodes(now_ms()).await {
+            Ok(reaped) => reaped,
+            Err(error) => {
+                tracing::warn!(%error, "reaping dead edges failed");
+                continue;
+            }
+        };
+        for (device, route) in reaped {
+            tracing::info!(%device, node = %route.node, "device offline: its edge is gone");
+            let Ok(record) = auth.find_device(&device).await else {
+                continue;
+            };
+            let origin = Origin { tenant: &record.tenant_id, device: &device, iot_id: &record.iot_id };
+            if let Err(error) = bus.publish_durable(events::status(origin, false, now_ms(), &route.client_ip)).await {
+                tracing::warn!(%device, %error, "offline status not published");
+            }
+        }
+    }
+}
+
+async fn run_gateway(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let routes = connect_routes(&config).await?;
+    let auth = auth_client(&config)?;
+    let deps = GatewayDeps { auth: Arc::new(auth.clone()), routes: Arc::new(routes.clone()) };
+    let gateway = Gateway::start(config.gateway.http_addr, deps).await?;
+    let health = health(&config, vec![Arc::new(RedisCheck(routes)), Arc::new(AuthCheck(auth))]).await?;
+    shutdown.await;
+    gateway.stop().await;
+    health.stop();
+    Ok(())
+}
+
+// === readiness checks ===
+
+struct NatsCheck(NatsBus);
+struct KvCheck(NatsKvStore);
+struct RedisCheck(RedisRoutes);
+struct AuthCheck(AuthGrpcClient);
+
+#[async_trait]
+impl ReadinessCheck for NatsCheck {
+    fn name(&self) -> &str {
+        "nats"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl ReadinessCheck for KvCheck {
+    fn name(&self) -> &str {
+        "nats-kv"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl ReadinessCheck for RedisCheck {
+    fn name(&self) -> &str {
+        "redis"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl ReadinessCheck for AuthCheck {
+    fn name(&self) -> &str {
+        "auth"
+    }
+    async fn check(&self) -> Result<(), String> {
+        // Any answer, even "unknown key", proves auth is reachable.
+        match self.0.authenticate_api_key("readiness-probe").await {
+            Ok(_) | Err(tether_contract::ServiceError::Unauthenticated) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
