@@ -9,6 +9,16 @@ use tempfile::TempDir;
 
 use crate::{free_port, workspace_root};
 
+/// `.venv/bin/nats-server` of the checkout the test runs in (found from the working directory,
+/// so checkouts sharing one target directory each use their own), else of this crate's workspace.
+fn nats_server_binary() -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    cwd.ancestors()
+        .map(|dir| dir.join(".venv/bin/nats-server"))
+        .find(|candidate| candidate.exists())
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/nats-server"))
+}
+
 /// `nats-server -js` on a free port, with JetStream storage in a temp dir.
 pub struct NatsServer {
     server: Server,
@@ -33,9 +43,7 @@ impl NatsServer {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let program = std::env::var_os("TETHER_NATS_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join(".venv/bin/nats-server"));
+        let program = std::env::var_os("TETHER_NATS_SERVER").map(PathBuf::from).unwrap_or_else(nats_server_binary);
         assert!(program.exists(), "{} is missing: run `make deps`", program.display());
         let args = vec![
             "-a".into(),
