@@ -50,13 +50,7 @@ pub fn property_post(
         "checkFailedData": {},
     });
     let topic = format!("/{}/{}/thing/event/property/post", origin.device.product_key, origin.device.device_name);
-    with_headers(
-        subject::uplink(origin.tenant, origin.device, UplinkKind::Property),
-        body,
-        topic,
-        request_id,
-        received_at,
-    )
+    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Property), body, topic, received_at)
 }
 
 /// An online/offline transition (`/as/mqtt/status/{pk}/{dn}`); `last_time` orders flaps.
@@ -73,7 +67,7 @@ pub fn status(origin: Origin<'_>, online: bool, at: i64, client_ip: &str) -> Bus
         "clientIp": client_ip,
     });
     let topic = format!("/as/mqtt/status/{}/{}", origin.device.product_key, origin.device.device_name);
-    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Status), body, topic, &at.to_string(), at)
+    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Status), body, topic, at)
 }
 
 /// A property value as `(value, time)`: `{value, time}` objects are unwrapped.
@@ -88,10 +82,12 @@ pub fn split_timed_value(raw: &Value, default_time: i64) -> (Value, i64) {
     (raw.clone(), default_time)
 }
 
-fn with_headers(subject: String, body: Value, topic: String, message_id: &str, at: i64) -> BusMessage {
+/// Every event gets its own `messageId` (as Aliyun's forwarding does): request ids repeat across
+/// devices and reconnects, so they cannot identify a message.
+fn with_headers(subject: String, body: Value, topic: String, at: i64) -> BusMessage {
     BusMessage::new(subject, body.to_string())
         .with_header(header::TOPIC, topic)
-        .with_header(header::MESSAGE_ID, message_id)
+        .with_header(header::MESSAGE_ID, format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()))
         .with_header(header::GENERATE_TIME, at.to_string())
 }
 
