@@ -1,0 +1,185 @@
+//! Cluster mode end to end: real `nats-server` and `redis-server`, and each role its own
+//! `tether` process (auth, gateway, two edges), driven by real MQTT devices and HTTP.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tether_bus::{Bus, NatsBus, NatsBusConfig};
+use tether_testkit::{NatsServer, RedisServer, free_port};
+use tether_tests::{Api, Device, DeviceCredentials, DeviceV5, V5Ack, eventually};
+
+const ADMIN_KEY: &str = "cluster-test-admin-key";
+
+/// One `tether <role>` process.
+struct RoleProcess {
+    child: Child,
+    health: u16,
+}
+
+struct Cluster {
+    nats: NatsServer,
+    _redis: RedisServer,
+    _dir: tempfile::TempDir,
+    _auth: RoleProcess,
+    _gateway: RoleProcess,
+    edges: Vec<(RoleProcess, u16)>,
+    api: Api,
+}
+
+impl RoleProcess {
+    fn spawn(role: &str, config: &Path, env: &[(&str, String)]) -> Self {
+        let health = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+        command
+            .arg(role)
+            .arg("--config")
+            .arg(config)
+            .env("TETHER_HEALTH_ADDR", format!("127.0.0.1:{health}"))
+            .env("TETHER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self { child: command.spawn().expect("tether starts"), health }
+    }
+
+    async fn ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.health);
+        eventually("role ready", Duration::from_secs(20), || async {
+            let response = reqwest::get(&url).await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Cluster {
+    async fn start(edges: usize) -> Self {
+        let nats = NatsServer::start().await;
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let auth_port = free_port();
+        let http_port = free_port();
+        let config = dir.path().join("tether.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[nats]\nurl = \"{}\"\n[redis]\nurl = \"{}\"\n[auth]\ngrpc_addr = \"127.0.0.1:{auth_port}\"\n\
+                 url = \"http://127.0.0.1:{auth_port}\"\nadmin_key = \"{ADMIN_KEY}\"\n\
+                 [gateway]\nhttp_addr = \"127.0.0.1:{http_port}\"\n[edge]\nheartbeat_ttl_seconds = 2\ndrain_seconds = 1\n",
+                nats.url(),
+                redis.url()
+            ),
+        )
+        .unwrap();
+        let auth = RoleProcess::spawn("auth", &config, &[("TETHER_NODE_ID", "auth-1".into())]);
+        auth.ready().await;
+        let gateway = RoleProcess::spawn("gateway", &config, &[("TETHER_NODE_ID", "gateway-1".into())]);
+        let mut edge_processes = Vec::new();
+        for i in 0..edges {
+            let mqtt = free_port();
+            let edge = RoleProcess::spawn(
+                "edge",
+                &config,
+                &[("TETHER_NODE_ID", format!("edge-{i}")), ("TETHER_EDGE_MQTT_ADDR", format!("127.0.0.1:{mqtt}"))],
+            );
+            edge_processes.push((edge, mqtt));
+        }
+        gateway.ready().await;
+        for (edge, _) in &edge_processes {
+            edge.ready().await;
+        }
+        let api = Api::new(([127, 0, 0, 1], http_port).into(), ADMIN_KEY);
+        Self { nats, _redis: redis, _dir: dir, _auth: auth, _gateway: gateway, edges: edge_processes, api }
+    }
+
+    fn edge_addr(&self, i: usize) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.edges[i].1).into()
+    }
+
+    async fn device(&self) -> DeviceCredentials {
+        let (status, product) = self.api.post("/products", json!({"name": "cluster"})).await;
+        assert!(status.is_success(), "{product}");
+        let pk = product["productKey"].as_str().unwrap().to_owned();
+        let (status, device) = self.api.post(&format!("/products/{pk}/devices"), json!({})).await;
+        assert!(status.is_success(), "{device}");
+        DeviceCredentials {
+            product_key: pk,
+            device_name: device["deviceName"].as_str().unwrap().to_owned(),
+            device_secret: device["deviceSecret"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn status(&self, creds: &DeviceCredentials) -> String {
+        let path = format!("/products/{}/devices/{}/status", creds.product_key, creds.device_name);
+        let (_, body) = self.api.get(&path).await;
+        body["status"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_work_across_edges_with_takeover_and_a_dead_edge_is_reaped() {
+    let mut cluster = Cluster::start(2).await;
+    let creds = cluster.device().await;
+    let bus = NatsBus::connect(NatsBusConfig::new(cluster.nats.url())).await.unwrap();
+    let mut uplinks = bus.consume("cluster-test", "tether.up.*.*.*.property").await.unwrap();
+
+    // On edge 0: signed in through auth over gRPC, the property post is acknowledged only once
+    // JetStream holds it, and the uplink reaches a durable consumer group.
+    let mut first = DeviceV5::connect_with(cluster.edge_addr(0), &creds, None).await.unwrap();
+    first.publish(&creds.topic("thing/event/property/post"), br#"{"id":"1","params":{"Power":1}}"#.to_vec()).await;
+    let reply = first.next_message().await.json();
+    assert_eq!((reply["id"].as_str(), reply["code"].as_i64()), (Some("1"), Some(200)));
+    assert_eq!(first.next_ack().await, V5Ack::PubAck(rumqttc::v5::mqttbytes::v5::PubAckReason::Success));
+    let delivery = tokio::time::timeout(Duration::from_secs(10), uplinks.next()).await.unwrap().unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&delivery.message.payload).unwrap();
+    assert_eq!(body["items"]["Power"]["value"], 1);
+    delivery.ack().await.unwrap();
+    assert_eq!(cluster.status(&creds).await, "ONLINE");
+
+    // The same device on edge 1 takes over: edge 0 closes the old session (v5 0x8E).
+    let mut second = Device::connect(cluster.edge_addr(1), &creds).await;
+    assert_eq!(
+        first.next_ack().await,
+        V5Ack::Disconnect(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver)
+    );
+    let reply = second.request(&creds, "thing/event/property/post", br#"{"id":"2","params":{"Power":0}}"#).await;
+    assert_eq!(reply["code"], 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cluster.status(&creds).await, "ONLINE", "the old session's close must not win");
+
+    // kill -9 edge 1: its device shows OFFLINE once the reaper on edge 0 notices.
+    let killed = Instant::now();
+    cluster.edges[1].0.kill();
+    eventually("device OFFLINE after its edge died", Duration::from_secs(15), || async {
+        (cluster.status(&creds).await == "OFFLINE").then_some(())
+    })
+    .await;
+    eprintln!("killed edge's device OFFLINE after {:?}", killed.elapsed());
+
+    // It reconnects to the surviving edge.
+    let mut back = Device::connect(cluster.edge_addr(0), &creds).await;
+    let reply = back.request(&creds, "thing/event/property/post", br#"{"id":"3","params":{}}"#).await;
+    assert_eq!(reply["code"], 200);
+    assert_eq!(cluster.status(&creds).await, "ONLINE");
+
+    // Disabling through the gateway kicks the device wherever it is.
+    let path = format!("/products/{}/devices/{}:disable", creds.product_key, creds.device_name);
+    assert!(cluster.api.post(&path, json!({})).await.0.is_success());
+    back.closed().await;
+    assert_eq!(cluster.status(&creds).await, "DISABLE");
+}
