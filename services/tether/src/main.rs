@@ -13,11 +13,11 @@ use tether::{AdminKeySource, EmbeddedConfig, Platform};
 #[command(name = "tether", version, about = "IoT device-communication platform")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Subcmd,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Subcmd {
     /// Runs every service in one process with an embedded store (no other server needed).
     Run {
         /// Where products, devices and presence are kept.
@@ -66,7 +66,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let Cli { command } = Cli::parse();
     let result = match command {
-        Command::Run { data_dir, mqtt_addr, http_addr, max_payload_bytes, mqtt_workers } => {
+        Subcmd::Run { data_dir, mqtt_addr, http_addr, max_payload_bytes, mqtt_workers } => {
             let config = EmbeddedConfig {
                 admin_key: std::env::var("TETHER_ADMIN_KEY").ok().filter(|k| !k.is_empty()),
                 max_payload_bytes,
@@ -75,13 +75,13 @@ async fn main() -> ExitCode {
             };
             run(config).await
         }
-        Command::Edge(args) => run_cluster(Role::Edge, args).await,
-        Command::Auth(args) => run_cluster(Role::Auth, args).await,
-        Command::Thing(args) => run_cluster(Role::Thing, args).await,
-        Command::Command(args) => run_cluster(Role::Command, args).await,
-        Command::Rules(args) => run_cluster(Role::Rules, args).await,
-        Command::History(args) => run_cluster(Role::History, args).await,
-        Command::Gateway(args) => run_cluster(Role::Gateway, args).await,
+        Subcmd::Edge(args) => run_cluster(Role::Edge, args).await,
+        Subcmd::Auth(args) => run_cluster(Role::Auth, args).await,
+        Subcmd::Thing(args) => run_cluster(Role::Thing, args).await,
+        Subcmd::Command(args) => run_cluster(Role::Command, args).await,
+        Subcmd::Rules(args) => run_cluster(Role::Rules, args).await,
+        Subcmd::History(args) => run_cluster(Role::History, args).await,
+        Subcmd::Gateway(args) => run_cluster(Role::Gateway, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
