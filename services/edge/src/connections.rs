@@ -33,6 +33,8 @@ pub enum ConnCommand {
 #[derive(Debug)]
 pub struct ConnHandle {
     pub conn_id: u64,
+    /// The route the session was recorded with (for re-registering after a routes outage).
+    pub route: tether_store::Route,
     pub commands: mpsc::UnboundedSender<ConnCommand>,
 }
 
@@ -74,6 +76,11 @@ impl Connections {
             Some(handle) if handle.conn_id == conn_id => handle.commands.send(ConnCommand::Kick(reason)).is_ok(),
             _ => false,
         }
+    }
+
+    /// Every live session's route on this node.
+    pub fn routes(&self) -> Vec<(DeviceKey, tether_store::Route)> {
+        self.by_device.lock().iter().map(|(device, handle)| (device.clone(), handle.route.clone())).collect()
     }
 
     pub fn devices(&self) -> Vec<DeviceKey> {

@@ -69,6 +69,24 @@ pub struct Edge {
     remote_kicks: JoinHandle<()>,
 }
 
+/// The live sessions of an edge, reachable from any thread.
+#[derive(Clone)]
+pub struct LiveSessions {
+    shared: Arc<EdgeShared>,
+}
+
+impl LiveSessions {
+    /// Each connected device with the route its session was recorded with.
+    pub fn routes(&self) -> Vec<(tether_model::DeviceKey, tether_store::Route)> {
+        self.shared.connections.routes()
+    }
+
+    /// Closes `conn_id` of `device` if it is still live here (its route was lost to another session).
+    pub fn kick(&self, device: &tether_model::DeviceKey, conn_id: u64) {
+        self.shared.connections.kick_connection(device, conn_id, KickReason::SessionTakenOver);
+    }
+}
+
 /// What every connection of this edge shares; `Send + Sync`, reached from every worker.
 pub(crate) struct EdgeShared {
     pub config: EdgeConfig,
@@ -108,6 +126,11 @@ impl Edge {
         let remote_kicks = tokio::spawn(connections::kick_on_request(shared.clone(), kicks));
         tracing::info!(addr = %local_addr, node = %shared.config.node_id, "mqtt listener started");
         Ok(Self { local_addr, shared, server, presence, lifecycle, remote_kicks })
+    }
+
+    /// A handle on this edge's live sessions, for the cluster's route keeper.
+    pub fn sessions(&self) -> LiveSessions {
+        LiveSessions { shared: self.shared.clone() }
     }
 
     /// The address the listener is bound to (useful when configured with port 0).

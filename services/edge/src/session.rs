@@ -140,16 +140,16 @@ impl Connection {
         let client_ip = request.peer.map(|p| p.ip().to_string()).unwrap_or_default();
         let connected_at = now_ms();
 
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        shared.connections.insert(&session.device, ConnHandle { conn_id, commands });
-        ntex_rt::spawn(run_commands(command_rx, sink.clone(), shared.config.server_reference.clone()));
-
         let route = tether_store::Route {
             node: shared.config.node_id.clone(),
             conn_id,
             connected_at,
             client_ip: client_ip.clone(),
         };
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        shared.connections.insert(&session.device, ConnHandle { conn_id, route: route.clone(), commands });
+        ntex_rt::spawn(run_commands(command_rx, sink.clone(), shared.config.server_reference.clone()));
+
         match shared.deps.routes.connect(&session.device, route).await {
             Ok(Some(previous)) if previous.node != shared.config.node_id => {
                 // The device's old session lives on another edge: ask that edge to close it.

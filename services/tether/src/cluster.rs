@@ -111,7 +111,7 @@ async fn run_edge(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
     let edge = Edge::start(edge_config, deps).await?;
     let health = health(&config, vec![Arc::new(NatsCheck(bus)), Arc::new(RedisCheck(routes.clone()))]).await?;
 
-    let keeper = tokio::spawn(keep_routes(routes, node, ttl, auth_dyn, bus_dyn));
+    let keeper = tokio::spawn(keep_routes(routes, node, ttl, edge.sessions(), auth_dyn, bus_dyn));
     shutdown.await;
     keeper.abort();
     edge.drain(Duration::from_secs(config.edge.drain_seconds)).await;
@@ -119,15 +119,38 @@ async fn run_edge(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
     Ok(())
 }
 
-/// Beats this edge's heartbeat, and reaps the routes of edges whose heartbeat stopped: their
-/// devices go OFFLINE (with a status event) within about one TTL.
-async fn keep_routes(routes: RedisRoutes, node: String, ttl: Duration, auth: Arc<dyn AuthService>, bus: Arc<dyn Bus>) {
+/// Beats this edge's heartbeat (re-registering its live sessions when Redis lost them, e.g.
+/// after a restart), and reaps the routes of edges whose heartbeat stopped: their devices go
+/// OFFLINE (with a status event) within about one TTL.
+async fn keep_routes(
+    routes: RedisRoutes,
+    node: String,
+    ttl: Duration,
+    sessions: tether_edge::LiveSessions,
+    auth: Arc<dyn AuthService>,
+    bus: Arc<dyn Bus>,
+) {
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
         tick.tick().await;
-        if let Err(error) = routes.heartbeat(&node, ttl).await {
-            tracing::warn!(%error, "heartbeat failed");
-            continue;
+        match routes.heartbeat(&node, ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let live = sessions.routes();
+                tracing::info!(sessions = live.len(), "heartbeat had lapsed: re-registering live sessions");
+                match routes.reregister(live).await {
+                    Ok(lost) => {
+                        for (device, route) in lost {
+                            sessions.kick(&device, route.conn_id);
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "re-registering sessions failed"),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "heartbeat failed");
+                continue;
+            }
         }
         let reaped = match routes.reap_dead_nodes(now_ms()).await {
             Ok(reaped) => reaped,

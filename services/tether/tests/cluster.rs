@@ -20,7 +20,7 @@ struct RoleProcess {
 
 struct Cluster {
     nats: NatsServer,
-    _redis: RedisServer,
+    redis: RedisServer,
     _dir: tempfile::TempDir,
     _auth: RoleProcess,
     _gateway: RoleProcess,
@@ -104,7 +104,7 @@ impl Cluster {
             edge.ready().await;
         }
         let api = Api::new(([127, 0, 0, 1], http_port).into(), ADMIN_KEY);
-        Self { nats, _redis: redis, _dir: dir, _auth: auth, _gateway: gateway, edges: edge_processes, api }
+        Self { nats, redis, _dir: dir, _auth: auth, _gateway: gateway, edges: edge_processes, api }
     }
 
     fn edge_addr(&self, i: usize) -> std::net::SocketAddr {
@@ -182,4 +182,48 @@ async fn devices_work_across_edges_with_takeover_and_a_dead_edge_is_reaped() {
     assert!(cluster.api.post(&path, json!({})).await.0.is_success());
     back.closed().await;
     assert_eq!(cluster.status(&creds).await, "DISABLE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_acknowledged_uplinks_survive_redis_and_nats_restarts() {
+    let mut cluster = Cluster::start(1).await;
+    let creds = cluster.device().await;
+    let bus = NatsBus::connect(NatsBusConfig::new(cluster.nats.url())).await.unwrap();
+    let mut uplinks = bus.consume("restart-test", "tether.up.*.*.*.property").await.unwrap();
+    let mut device = Device::connect(cluster.edge_addr(0), &creds).await;
+    assert_eq!(cluster.status(&creds).await, "ONLINE");
+
+    // Redis restarts empty: the edge re-registers its live sessions at its next heartbeat.
+    cluster.redis.restart().await;
+    eventually("route re-registered after the redis restart", Duration::from_secs(15), || async {
+        (cluster.status(&creds).await == "ONLINE").then_some(())
+    })
+    .await;
+
+    // Every post the device got a 200 for is consumed once, in order, across a NATS restart.
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        let body = format!(r#"{{"id":"{i}","params":{{"n":{i}}}}}"#);
+        let reply = device.request(&creds, "thing/event/property/post", body.as_bytes()).await;
+        assert_eq!(reply["code"], 200);
+        acknowledged.push(i);
+    }
+    cluster.nats.restart().await;
+    cluster.edges[0].0.ready().await;
+    for i in 10..20 {
+        let body = format!(r#"{{"id":"{i}","params":{{"n":{i}}}}}"#);
+        let reply = device.request(&creds, "thing/event/property/post", body.as_bytes()).await;
+        if reply["code"] == 200 {
+            acknowledged.push(i);
+        }
+    }
+    assert!(acknowledged.len() >= 15, "most posts after the restart are accepted: {acknowledged:?}");
+    let mut consumed = Vec::new();
+    while consumed.len() < acknowledged.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(15), uplinks.next()).await.unwrap().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&delivery.message.payload).unwrap();
+        consumed.push(body["items"]["n"]["value"].as_i64().unwrap());
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(consumed, acknowledged);
 }

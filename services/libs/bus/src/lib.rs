@@ -15,10 +15,12 @@ mod in_process;
 mod nats;
 pub mod subject;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 pub use in_process::InProcessBus;
@@ -48,6 +50,8 @@ pub enum BusError {
 pub struct Delivery {
     pub message: BusMessage,
     acker: Box<dyn Acker>,
+    /// The consumer's memory of acked ids, once the delivery has been handed out.
+    acked: Option<Arc<Mutex<AckedIds>>>,
 }
 
 /// How an adapter confirms a delivery.
@@ -64,7 +68,21 @@ pub struct Subscription {
 /// A member of a durable consumer group.
 pub struct Consumer {
     receiver: Receiver<Delivery>,
+    acked: Arc<Mutex<AckedIds>>,
 }
+
+/// The `messageId`s a consumer acked lately. A stream that lost acks (a NATS server killed before
+/// it persisted its consumer state, a redelivery racing an ack) hands acked messages out again;
+/// the consumer acks those at once instead of delivering them twice. Across members of one group
+/// such a redelivery stays at-least-once: consumers that must not double-count key on
+/// `messageId` too.
+struct AckedIds {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+/// How many acked ids a consumer remembers.
+const ACKED_IDS: usize = 65_536;
 
 /// An adapter's channel end: unbounded in process, bounded where a network adapter must not buffer
 /// a whole stream for a slow reader.
@@ -106,11 +124,19 @@ impl BusMessage {
 
 impl Delivery {
     pub fn new(message: BusMessage, acker: Box<dyn Acker>) -> Self {
-        Self { message, acker }
+        Self { message, acker, acked: None }
     }
 
     pub async fn ack(self) -> Result<(), BusError> {
-        self.acker.ack().await
+        self.acker.ack().await?;
+        if let (Some(acked), Some(id)) = (self.acked, self.message.headers.get(events::header::MESSAGE_ID)) {
+            acked.lock().insert(id.clone());
+        }
+        Ok(())
+    }
+
+    fn id(&self) -> Option<&str> {
+        self.message.headers.get(events::header::MESSAGE_ID).map(String::as_str)
     }
 }
 
@@ -136,17 +162,52 @@ impl Subscription {
 
 impl Consumer {
     pub fn new(receiver: mpsc::UnboundedReceiver<Delivery>) -> Self {
-        Self { receiver: Receiver::Unbounded(receiver) }
+        Self { receiver: Receiver::Unbounded(receiver), acked: Arc::new(Mutex::new(AckedIds::new())) }
     }
 
     /// A consumer fed by a bounded channel: the adapter stops pulling while it is full.
     pub fn bounded(receiver: mpsc::Receiver<Delivery>) -> Self {
-        Self { receiver: Receiver::Bounded(receiver) }
+        Self { receiver: Receiver::Bounded(receiver), acked: Arc::new(Mutex::new(AckedIds::new())) }
     }
 
-    /// The next delivery; `None` once the bus is gone.
+    /// The next delivery; `None` once the bus is gone. Messages this consumer already acked are
+    /// acked again and skipped.
     pub async fn next(&mut self) -> Option<Delivery> {
-        self.receiver.recv().await
+        loop {
+            let mut delivery = self.receiver.recv().await?;
+            if delivery.id().is_some_and(|id| self.acked.lock().contains(id)) {
+                tracing::debug!(subject = %delivery.message.subject, "acked message delivered again, skipped");
+                if let Err(error) = delivery.acker.ack().await {
+                    tracing::debug!(%error, "ack of a repeated delivery failed");
+                }
+                continue;
+            }
+            delivery.acked = Some(self.acked.clone());
+            return Some(delivery);
+        }
+    }
+}
+
+// === impl AckedIds ===
+
+impl AckedIds {
+    fn new() -> Self {
+        Self { ids: HashSet::new(), order: VecDeque::new() }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: String) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back(id);
+            if self.order.len() > ACKED_IDS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.ids.remove(&old);
+            }
+        }
     }
 }
 
