@@ -57,29 +57,79 @@ struct ApiKeyRecord {
     created_at: i64,
 }
 
+// === impl Registry ===
+
+impl Registry {
+    async fn load(store: &dyn KvStore) -> Result<Self, ServiceError> {
+        let mut registry = Registry::default();
+        for tenant in load::<Tenant>(store, "tenant/").await? {
+            registry.tenants.insert(tenant.tenant_id.clone(), tenant);
+        }
+        for (key, record) in load_keyed::<ApiKeyRecord>(store, "apikey/").await? {
+            registry.api_keys.insert(key, record);
+        }
+        for product in load::<Product>(store, "product/").await? {
+            registry.products.insert(product.product_key.clone(), product);
+        }
+        for device in load::<Device>(store, "device/").await? {
+            let key = DeviceKey::new(device.product_key.clone(), device.device_name.clone());
+            registry.devices.insert(key, device);
+        }
+        Ok(registry)
+    }
+}
+
 // === impl Auth ===
 
 impl Auth {
     /// Loads the registry, creates the default tenant on first start and installs `admin_key`
     /// as the operator's key (replacing an earlier one).
     pub async fn open(store: Arc<dyn KvStore>, bus: Arc<dyn Bus>, admin_key: &str) -> Result<Self, ServiceError> {
-        let mut registry = Registry::default();
-        for tenant in load::<Tenant>(&*store, "tenant/").await? {
-            registry.tenants.insert(tenant.tenant_id.clone(), tenant);
-        }
-        for (key, record) in load_keyed::<ApiKeyRecord>(&*store, "apikey/").await? {
-            registry.api_keys.insert(key, record);
-        }
-        for product in load::<Product>(&*store, "product/").await? {
-            registry.products.insert(product.product_key.clone(), product);
-        }
-        for device in load::<Device>(&*store, "device/").await? {
-            let key = DeviceKey::new(device.product_key.clone(), device.device_name.clone());
-            registry.devices.insert(key, device);
-        }
+        let registry = Registry::load(&*store).await?;
         let auth = Self { store, bus, registry: RwLock::new(registry) };
         auth.install_admin(admin_key).await?;
         Ok(auth)
+    }
+
+    /// Re-reads one registry record after another replica changed it (cluster mode watches the
+    /// store and calls this for every change).
+    pub async fn refresh(&self, key: &str) -> Result<(), ServiceError> {
+        let entry = self.store.get(key).await.map_err(store_error)?;
+        let mut registry = self.registry.write();
+        let value = entry.as_ref().map(|e| e.value.as_ref());
+        if let Some(rest) = key.strip_prefix("tenant/") {
+            let Ok(id) = TenantId::new(rest) else { return Ok(()) };
+            match value.and_then(|v| serde_json::from_slice::<Tenant>(v).ok()) {
+                Some(tenant) => registry.tenants.insert(id, tenant),
+                None => registry.tenants.remove(&id),
+            };
+        } else if let Some(hash) = key.strip_prefix("apikey/") {
+            match value.and_then(|v| serde_json::from_slice::<ApiKeyRecord>(v).ok()) {
+                Some(record) => registry.api_keys.insert(hash.to_owned(), record),
+                None => registry.api_keys.remove(hash),
+            };
+        } else if let Some(rest) = key.strip_prefix("product/") {
+            let Ok(pk) = ProductKey::new(rest) else { return Ok(()) };
+            match value.and_then(|v| serde_json::from_slice::<Product>(v).ok()) {
+                Some(product) => registry.products.insert(pk, product),
+                None => registry.products.remove(&pk),
+            };
+        } else if let Some(rest) = key.strip_prefix("device/") {
+            let Some((pk, dn)) = rest.split_once('/') else { return Ok(()) };
+            let Ok(device_key) = DeviceKey::parse(pk, dn) else { return Ok(()) };
+            match value.and_then(|v| serde_json::from_slice::<Device>(v).ok()) {
+                Some(device) => registry.devices.insert(device_key, device),
+                None => registry.devices.remove(&device_key),
+            };
+        }
+        Ok(())
+    }
+
+    /// Reloads the whole registry (after a gap in the change stream).
+    pub async fn reload(&self) -> Result<(), ServiceError> {
+        let registry = Registry::load(&*self.store).await?;
+        *self.registry.write() = registry;
+        Ok(())
     }
 
     async fn install_admin(&self, admin_key: &str) -> Result<(), ServiceError> {

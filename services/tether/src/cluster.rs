@@ -72,8 +72,11 @@ async fn run_auth(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
         .with_context(|| format!("cannot use NATS KV at {} (nats.url)", config.nats.url))?;
     let bus = connect_bus(&config).await?;
     let store_dyn: Arc<dyn KvStore> = Arc::new(store.clone());
-    let auth: Arc<dyn AuthService> =
-        Arc::new(Auth::open(store_dyn, Arc::new(bus.clone()), &config.auth.admin_key).await?);
+    // Watch before loading, so no change between the load and the watch is missed.
+    let changes = store.watch("").await.context("cannot watch the registry")?;
+    let auth = Arc::new(Auth::open(store_dyn, Arc::new(bus.clone()), &config.auth.admin_key).await?);
+    let follower = tokio::spawn(follow_registry(auth.clone(), changes));
+    let auth: Arc<dyn AuthService> = auth;
 
     let listener = tokio::net::TcpListener::bind(config.auth.grpc_addr)
         .await
@@ -85,8 +88,27 @@ async fn run_auth(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await
         .context("auth grpc server failed")?;
+    follower.abort();
     health.stop();
     Ok(())
+}
+
+/// Keeps this replica's registry cache current with the writes of the others.
+async fn follow_registry(auth: Arc<Auth>, mut changes: tether_store::ChangeStream) {
+    use futures::StreamExt;
+    while let Some(change) = changes.next().await {
+        let result = match change {
+            Ok(change) => auth.refresh(change.key()).await,
+            // A gap in the stream: anything may have changed meanwhile.
+            Err(error) => {
+                tracing::warn!(%error, "registry watch interrupted, reloading");
+                auth.reload().await
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "registry cache not refreshed");
+        }
+    }
 }
 
 async fn run_edge(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {

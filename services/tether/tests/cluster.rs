@@ -22,7 +22,7 @@ struct Cluster {
     nats: NatsServer,
     redis: RedisServer,
     _dir: tempfile::TempDir,
-    _auth: RoleProcess,
+    _auth: Vec<RoleProcess>,
     _gateway: RoleProcess,
     edges: Vec<(RoleProcess, u16)>,
     api: Api,
@@ -86,16 +86,30 @@ impl Cluster {
             ),
         )
         .unwrap();
+        // Two auth replicas: the second serves edges with odd numbers, so a device registered
+        // through the first must reach the second's cache through the registry watch.
         let auth = RoleProcess::spawn("auth", &config, &[("TETHER_NODE_ID", "auth-1".into())]);
+        let auth_port_2 = free_port();
+        let auth_2 = RoleProcess::spawn(
+            "auth",
+            &config,
+            &[("TETHER_NODE_ID", "auth-2".into()), ("TETHER_AUTH_GRPC_ADDR", format!("127.0.0.1:{auth_port_2}"))],
+        );
         auth.ready().await;
+        auth_2.ready().await;
         let gateway = RoleProcess::spawn("gateway", &config, &[("TETHER_NODE_ID", "gateway-1".into())]);
         let mut edge_processes = Vec::new();
         for i in 0..edges {
             let mqtt = free_port();
+            let auth_url = if i % 2 == 1 { auth_port_2 } else { auth_port };
             let edge = RoleProcess::spawn(
                 "edge",
                 &config,
-                &[("TETHER_NODE_ID", format!("edge-{i}")), ("TETHER_EDGE_MQTT_ADDR", format!("127.0.0.1:{mqtt}"))],
+                &[
+                    ("TETHER_NODE_ID", format!("edge-{i}")),
+                    ("TETHER_EDGE_MQTT_ADDR", format!("127.0.0.1:{mqtt}")),
+                    ("TETHER_AUTH_URL", format!("http://127.0.0.1:{auth_url}")),
+                ],
             );
             edge_processes.push((edge, mqtt));
         }
@@ -104,7 +118,7 @@ impl Cluster {
             edge.ready().await;
         }
         let api = Api::new(([127, 0, 0, 1], http_port).into(), ADMIN_KEY);
-        Self { nats, redis, _dir: dir, _auth: auth, _gateway: gateway, edges: edge_processes, api }
+        Self { nats, redis, _dir: dir, _auth: vec![auth, auth_2], _gateway: gateway, edges: edge_processes, api }
     }
 
     fn edge_addr(&self, i: usize) -> std::net::SocketAddr {
