@@ -42,6 +42,22 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         qos: u8,
     },
+    /// QoS 1 PUBLISH → PUBACK latency at a fixed offered rate (open loop).
+    Puback {
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        mqtt: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        #[arg(long, env = "TETHER_ADMIN_KEY")]
+        key: String,
+        #[arg(long, default_value_t = 50)]
+        devices: usize,
+        /// Offered publishes per second, over all devices.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 struct Creds {
@@ -55,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Burst { mqtt, http, key, pid, devices, messages, qos } => {
             burst(mqtt, http, &key, pid, devices, messages, qos).await
+        }
+        Command::Puback { mqtt, http, key, devices, rate, seconds } => {
+            puback(mqtt, http, &key, devices, rate, seconds).await
         }
     }
 }
@@ -116,6 +135,69 @@ async fn burst(
         qos as u8,
         total as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// Each device publishes at `rate / devices` per second on a fixed schedule; the latency of a
+/// publish is from its scheduled send time to its PUBACK (so a stalled server is not hidden by
+/// the generator waiting for it).
+async fn puback(
+    mqtt: SocketAddr,
+    http: SocketAddr,
+    key: &str,
+    devices: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let creds = register(http, key, devices).await?;
+    let payload = json!({"id": "1", "params": {"Power": "on", "Temp": 21}}).to_string();
+    let per_device = Duration::from_secs_f64(devices as f64 / rate as f64);
+    let mut tasks = Vec::new();
+    for c in &creds {
+        let (client, mut eventloop) = connect(mqtt, c).await?;
+        let topic = format!("/sys/{}/{}/thing/event/property/post", c.pk, c.dn);
+        let payload = payload.clone();
+        let count = (seconds as f64 / per_device.as_secs_f64()) as usize;
+        tasks.push(tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + Duration::from_millis(50);
+            let sender = tokio::spawn(async move {
+                for i in 0..count {
+                    tokio::time::sleep_until(start + per_device * i as u32).await;
+                    client.publish(&topic, QoS::AtLeastOnce, false, payload.clone()).await?;
+                }
+                anyhow::Ok(client)
+            });
+            // PUBACKs arrive in publish order on one connection: the i-th ack answers the i-th send.
+            let mut latencies = Vec::with_capacity(count);
+            while latencies.len() < count {
+                match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                        let scheduled = start + per_device * latencies.len() as u32;
+                        latencies.push(tokio::time::Instant::now().saturating_duration_since(scheduled));
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => bail!("connection failed: {e}"),
+                    Err(_) => bail!("no PUBACK for 30 s"),
+                }
+            }
+            let client = sender.await??;
+            client.disconnect().await?;
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    println!(
+        "puback: {} QoS 1 publishes at {rate}/s from {devices} devices: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        all.len(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        all.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
     );
     Ok(())
 }

@@ -165,6 +165,27 @@ async fn devices_work_across_edges_with_takeover_and_a_dead_edge_is_reaped() {
     delivery.ack().await.unwrap();
     assert_eq!(cluster.status(&creds).await, "ONLINE");
 
+    // A burst of pipelined QoS 1 posts: replies come back, and uplinks reach the bus, in order.
+    for i in 100..300 {
+        first
+            .publish(&creds.topic("thing/event/property/post"), format!(r#"{{"id":"{i}","params":{{"n":{i}}}}}"#))
+            .await;
+    }
+    let mut replies = Vec::new();
+    while replies.len() < 200 {
+        replies.push(first.next_message().await.json()["id"].as_str().unwrap().parse::<i64>().unwrap());
+        assert_eq!(first.next_ack().await, V5Ack::PubAck(rumqttc::v5::mqttbytes::v5::PubAckReason::Success));
+    }
+    assert_eq!(replies, (100..300).collect::<Vec<_>>());
+    let mut burst = Vec::new();
+    while burst.len() < 200 {
+        let delivery = tokio::time::timeout(Duration::from_secs(15), uplinks.next()).await.unwrap().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&delivery.message.payload).unwrap();
+        burst.push(body["items"]["n"]["value"].as_i64().unwrap());
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(burst, (100..300).collect::<Vec<_>>());
+
     // The same device on edge 1 takes over: edge 0 closes the old session (v5 0x8E).
     let mut second = Device::connect(cluster.edge_addr(1), &creds).await;
     assert_eq!(
