@@ -19,7 +19,13 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-"$root/.venv/bin/nats-server" -a 127.0.0.1 -p 14222 -js -sd "$work/nats" >"$work/nats.log" 2>&1 & pids+=($!)
+# sync_interval always: a JetStream ack (and so a device's PUBACK) means the message is on disk.
+cat >"$work/nats.conf" <<CONF
+host: 127.0.0.1
+port: 14222
+jetstream { store_dir: "$work/nats", sync_interval: "always" }
+CONF
+"$root/.venv/bin/nats-server" -c "$work/nats.conf" >"$work/nats.log" 2>&1 & pids+=($!)
 redis-server --bind 127.0.0.1 --port 16379 --save "" --appendonly no >"$work/redis.log" 2>&1 & pids+=($!)
 sleep 1
 TETHER_NODE_ID=auth-1 TETHER_HEALTH_ADDR=127.0.0.1:9091 "$tether" auth --config "$config" >"$work/auth.log" 2>&1 & pids+=($!)

@@ -139,9 +139,9 @@ async fn burst(
     Ok(())
 }
 
-/// Each device publishes at `rate / devices` per second on a fixed schedule; the latency of a
-/// publish is from its scheduled send time to its PUBACK (so a stalled server is not hidden by
-/// the generator waiting for it).
+/// Each device publishes at `rate / devices` per second on a fixed schedule, never waiting for
+/// acks (open loop); the latency of a publish is from the moment it is handed to the client to
+/// its PUBACK. (The schedule itself has tokio's 1 ms timer granularity, so it is not the start.)
 async fn puback(
     mqtt: SocketAddr,
     http: SocketAddr,
@@ -161,9 +161,11 @@ async fn puback(
         let count = (seconds as f64 / per_device.as_secs_f64()) as usize;
         tasks.push(tokio::spawn(async move {
             let start = tokio::time::Instant::now() + Duration::from_millis(50);
+            let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
             let sender = tokio::spawn(async move {
                 for i in 0..count {
                     tokio::time::sleep_until(start + per_device * i as u32).await;
+                    let _ = sent_tx.send(tokio::time::Instant::now());
                     client.publish(&topic, QoS::AtLeastOnce, false, payload.clone()).await?;
                 }
                 anyhow::Ok(client)
@@ -173,8 +175,8 @@ async fn puback(
             while latencies.len() < count {
                 match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
                     Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
-                        let scheduled = start + per_device * latencies.len() as u32;
-                        latencies.push(tokio::time::Instant::now().saturating_duration_since(scheduled));
+                        let sent = sent_rx.recv().await.context("ack without a publish")?;
+                        latencies.push(tokio::time::Instant::now().saturating_duration_since(sent));
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => bail!("connection failed: {e}"),
