@@ -20,8 +20,9 @@ build: ## build everything
 run: ## run the whole platform in one process (embedded mode)
 	cargo run --release -p tether -- run --data-dir $(DATA_DIR) --mqtt-addr $(MQTT_ADDR) --http-addr $(HTTP_ADDR)
 
-test: deps ## run every test (installs what they need first)
+test: deps ## run every test (installs what they need first); the scenarios run in both modes
 	cargo nextest run --workspace --no-fail-fast
+	TETHER_TEST_MODE=cluster cargo nextest run -p tether-tests --test skeleton --no-fail-fast
 
 lint: check-logs ## formatting, clippy with warnings as errors, log style
 	cargo fmt --all -- --check

@@ -2,6 +2,7 @@
 //! ports with a fresh data directory; [`Api`] is an HTTP client with a bearer key; [`Device`]
 //! and [`DeviceV5`] are real MQTT clients (rumqttc) signing in the Aliyun way.
 
+pub mod cluster;
 mod device;
 mod platform;
 
@@ -9,7 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use device::{Device, DeviceCredentials, DeviceV5, Message, V5Ack, WAIT};
-pub use platform::{Api, TestPlatform};
+pub use platform::{Api, TestPlatform, cluster_mode};
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

@@ -6,14 +6,29 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tether::{EmbeddedConfig, Platform};
+use tether_bus::Bus;
 
+use crate::cluster::{ADMIN_KEY, ClusterPlatform, Servers};
 use crate::device::DeviceCredentials;
 
-/// `tether run` in-process, on free ports, with its own data directory.
+/// The platform under test, on free ports: `tether run` in-process (embedded mode, the default),
+/// or, with `TETHER_TEST_MODE=cluster`, the cluster roles over real NATS and Redis, so the same
+/// scenarios hold both modes to the same behaviour.
 pub struct TestPlatform {
-    platform: Option<Platform>,
+    running: Option<Running>,
     data_dir: TempDir,
+    servers: Option<Servers>,
     pub api: Api,
+}
+
+enum Running {
+    Embedded(Platform),
+    Cluster(ClusterPlatform),
+}
+
+/// Whether this test run drives cluster mode.
+pub fn cluster_mode() -> bool {
+    std::env::var("TETHER_TEST_MODE").is_ok_and(|m| m == "cluster")
 }
 
 /// A tenant API client holding one bearer key.
@@ -27,42 +42,70 @@ pub struct Api {
 impl TestPlatform {
     pub async fn start() -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(data_dir).await
+        let servers = if cluster_mode() { Some(Servers::start().await) } else { None };
+        Self::start_in(data_dir, servers).await
     }
 
-    async fn start_in(data_dir: TempDir) -> Self {
-        let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let config = EmbeddedConfig::new(data_dir.path(), any_port, any_port);
-        let platform = Platform::start(config).await.expect("platform starts");
-        let api = Api::new(platform.http_addr(), &platform.admin_key);
-        Self { platform: Some(platform), data_dir, api }
+    async fn start_in(data_dir: TempDir, servers: Option<Servers>) -> Self {
+        let (running, api) = match &servers {
+            Some(servers) => {
+                let cluster = ClusterPlatform::start(servers).await;
+                let api = Api::new(cluster.http_addr, ADMIN_KEY);
+                (Running::Cluster(cluster), api)
+            }
+            None => {
+                let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
+                let config = EmbeddedConfig::new(data_dir.path(), any_port, any_port);
+                let platform = Platform::start(config).await.expect("platform starts");
+                let api = Api::new(platform.http_addr(), &platform.admin_key);
+                (Running::Embedded(platform), api)
+            }
+        };
+        Self { running: Some(running), data_dir, servers, api }
     }
 
-    fn platform(&self) -> &Platform {
-        self.platform.as_ref().expect("platform is running")
+    fn running(&self) -> &Running {
+        self.running.as_ref().expect("platform is running")
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.platform().mqtt_addr()
+        match self.running() {
+            Running::Embedded(platform) => platform.mqtt_addr(),
+            Running::Cluster(cluster) => cluster.mqtt_addr,
+        }
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.platform().http_addr()
+        match self.running() {
+            Running::Embedded(platform) => platform.http_addr(),
+            Running::Cluster(cluster) => cluster.http_addr,
+        }
     }
 
-    pub fn bus(&self) -> std::sync::Arc<tether_bus::InProcessBus> {
-        self.platform().bus.clone()
+    /// The platform's bus (the in-process one, or a NATS client of the cluster's).
+    pub fn bus(&self) -> std::sync::Arc<dyn Bus> {
+        match self.running() {
+            Running::Embedded(platform) => platform.bus.clone(),
+            Running::Cluster(cluster) => cluster.bus.clone(),
+        }
     }
 
-    /// Stops the platform (as Ctrl-C does) and starts it again on the same data directory.
+    /// Stops the platform (as Ctrl-C or SIGTERM does) and starts it again on the same data
+    /// (directory, or NATS and Redis).
     pub async fn restart(mut self) -> Self {
-        self.platform.take().expect("platform is running").stop().await;
-        Self::start_in(self.data_dir).await
+        self.stop_running().await;
+        Self::start_in(self.data_dir, self.servers.take()).await
     }
 
     pub async fn stop(mut self) {
-        if let Some(platform) = self.platform.take() {
-            platform.stop().await;
+        self.stop_running().await;
+    }
+
+    async fn stop_running(&mut self) {
+        match self.running.take() {
+            Some(Running::Embedded(platform)) => platform.stop().await,
+            Some(Running::Cluster(cluster)) => cluster.stop().await,
+            None => {}
         }
     }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode};
 use serde_json::{Map, Value, json};
-use tether_bus::Bus;
 use tether_tests::{Device, DeviceV5, TestPlatform, V5Ack};
 
 const POST: &str = "thing/event/property/post";
