@@ -1,0 +1,102 @@
+//! Cluster mode in one test process: real `nats-server` and `redis-server` (testkit), and the auth,
+//! gateway and edge roles run through the same `run_role` as `tether <role>`, on free ports.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether::cluster::{Role, run_role};
+use tether::config::ClusterConfig;
+use tether_bus::{Bus, NatsBus, NatsBusConfig};
+use tether_testkit::{NatsServer, RedisServer, free_port};
+use tokio::sync::oneshot;
+
+use crate::eventually;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+/// The servers a cluster keeps across a restart of its roles.
+pub struct Servers {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+}
+
+/// Running roles.
+pub struct ClusterPlatform {
+    roles: Vec<(oneshot::Sender<()>, std::thread::JoinHandle<anyhow::Result<()>>)>,
+    pub mqtt_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub bus: Arc<dyn Bus>,
+}
+
+impl Servers {
+    pub async fn start() -> Self {
+        Self { nats: NatsServer::start().await, redis: RedisServer::start().await }
+    }
+}
+
+impl ClusterPlatform {
+    /// Starts auth, gateway and one edge against `servers`, and waits until each is ready.
+    pub async fn start(servers: &Servers) -> Self {
+        let auth_port = free_port();
+        let mqtt_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let http_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let base = |node: &str, health: u16| {
+            let settings = [
+                ("TETHER_NODE_ID", node.to_owned()),
+                ("TETHER_NATS_URL", servers.nats.url()),
+                ("TETHER_REDIS_URL", servers.redis.url()),
+                ("TETHER_AUTH_GRPC_ADDR", format!("127.0.0.1:{auth_port}")),
+                ("TETHER_AUTH_URL", format!("http://127.0.0.1:{auth_port}")),
+                ("TETHER_AUTH_ADMIN_KEY", ADMIN_KEY.to_owned()),
+                ("TETHER_EDGE_MQTT_ADDR", mqtt_addr.to_string()),
+                ("TETHER_EDGE_WORKERS", "1".to_owned()),
+                ("TETHER_EDGE_DRAIN_SECONDS", "0".to_owned()),
+                ("TETHER_EDGE_HEARTBEAT_TTL_SECONDS", "2".to_owned()),
+                ("TETHER_GATEWAY_HTTP_ADDR", http_addr.to_string()),
+                ("TETHER_HEALTH_ADDR", format!("127.0.0.1:{health}")),
+            ];
+            let env = settings.into_iter().map(|(k, v)| (k.to_owned(), v));
+            ClusterConfig::load(None, env).expect("cluster config")
+        };
+        let mut roles = Vec::new();
+        for (role, node) in [(Role::Auth, "auth-1"), (Role::Gateway, "gateway-1"), (Role::Edge, "edge-1")] {
+            let health = free_port();
+            let config = base(node, health);
+            let (stop, stopped) = oneshot::channel::<()>();
+            // Each role gets its own runtime thread, as it would its own process (the edge's
+            // future is not `Send`: it holds its MQTT server's handle).
+            let task = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+                runtime.block_on(run_role(role, config, async move {
+                    let _ = stopped.await;
+                }))
+            });
+            wait_ready(health).await;
+            roles.push((stop, task));
+        }
+        let bus = NatsBus::connect(NatsBusConfig::new(servers.nats.url())).await.expect("test bus connects");
+        Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus) }
+    }
+
+    /// Stops the roles in reverse order (edges drain first).
+    pub async fn stop(self) {
+        for (stop, task) in self.roles.into_iter().rev() {
+            let _ = stop.send(());
+            match tokio::task::spawn_blocking(move || task.join()).await.expect("join") {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => panic!("role failed: {error:#}"),
+                Err(error) => panic!("role panicked: {error:?}"),
+            }
+        }
+    }
+}
+
+async fn wait_ready(health: u16) {
+    let url = format!("http://127.0.0.1:{health}/readyz");
+    eventually("role ready", Duration::from_secs(20), || async {
+        let response = reqwest::get(&url).await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+}
