@@ -22,7 +22,7 @@ run: ## run the whole platform in one process (embedded mode)
 
 test: deps ## run every test (installs what they need first); the scenarios run in both modes
 	cargo nextest run --workspace --no-fail-fast
-	TETHER_TEST_MODE=cluster cargo nextest run -p tether-tests --test skeleton --no-fail-fast
+	TETHER_TEST_MODE=cluster cargo nextest run -p tether-tests --test skeleton --no-fail-fast --test-threads 4
 
 lint: check-logs ## formatting, clippy with warnings as errors, log style
 	cargo fmt --all -- --check

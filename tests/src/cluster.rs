@@ -11,8 +11,6 @@ use tether_bus::{Bus, NatsBus, NatsBusConfig};
 use tether_testkit::{NatsServer, RedisServer, free_port};
 use tokio::sync::oneshot;
 
-use crate::eventually;
-
 pub const ADMIN_KEY: &str = "test-admin-key";
 
 /// The servers a cluster keeps across a restart of its roles.
@@ -68,11 +66,15 @@ impl ClusterPlatform {
             // future is not `Send`: it holds its MQTT server's handle).
             let task = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-                runtime.block_on(run_role(role, config, async move {
+                let result = runtime.block_on(run_role(role, config, async move {
                     let _ = stopped.await;
-                }))
+                }));
+                if let Err(error) = &result {
+                    eprintln!("{role:?} role failed: {error:#}");
+                }
+                result
             });
-            wait_ready(health).await;
+            wait_ready(role, health, &task).await;
             roles.push((stop, task));
         }
         let bus = NatsBus::connect(NatsBusConfig::new(servers.nats.url())).await.expect("test bus connects");
@@ -92,11 +94,21 @@ impl ClusterPlatform {
     }
 }
 
-async fn wait_ready(health: u16) {
+/// Waits until the role answers ready; a role that stopped (e.g. its port was taken by another
+/// test in the meantime) fails the wait at once with its error.
+async fn wait_ready(role: Role, health: u16, task: &std::thread::JoinHandle<anyhow::Result<()>>) {
     let url = format!("http://127.0.0.1:{health}/readyz");
-    eventually("role ready", Duration::from_secs(20), || async {
-        let response = reqwest::get(&url).await.ok()?;
-        response.status().is_success().then_some(())
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        if task.is_finished() {
+            panic!("{role:?} role stopped during start-up (see its error above)");
+        }
+        if let Ok(response) = reqwest::get(&url).await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{role:?} role not ready within 40 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
