@@ -9,7 +9,13 @@
 //! (`thing.event.property.post`) and the `set` and `get` services (`thing.service.property.set|get`).
 //! Exported TSLs carry them (the `get` service even lists bare identifiers as its `inputData`); parsing
 //! drops them, since property posts and sets are checked against the properties themselves, and
-//! [`Tsl::to_json`] does not write them back.
+//! [`Tsl::to_json`] does not write them back. Aliyun's reserved words (`set`, `get`, `post`,
+//! `property`, `time`, `value`) are refused as property, event and service identifiers.
+//!
+//! Numbers in specs are read from Aliyun's strings (`"min": "0"`) or bare JSON numbers and written
+//! back as strings. Missing bounds are open (an `int` stays within 32 bits), a missing text `length`
+//! is 10240, an array's `size` and `item` are required. Array items may be int, float, double, text or
+//! struct; struct members may be neither struct nor array (Aliyun's nesting rules).
 
 use std::collections::BTreeMap;
 

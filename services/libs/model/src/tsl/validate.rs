@@ -7,6 +7,10 @@
 //! milliseconds as a string (an integer accepted too); a float or double accepts integers. `step` is a
 //! display hint and is not enforced on values, and a struct value may omit members (partial structs).
 //! The 24-hour window on `time` needs a clock and is the caller's.
+//!
+//! An object whose keys are `value` and optionally `time` is always read as the `{value, time}` form,
+//! even for a struct with a member named `value`: that is the form Alink documents, and struct
+//! members named `value` are rare enough not to justify guessing.
 
 use std::fmt;
 
