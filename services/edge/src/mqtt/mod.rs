@@ -122,6 +122,11 @@ fn mqtt_server(shared: Arc<EdgeShared>) -> impl ntex_service::ServiceFactory<nte
                 Ok::<_, HandlerError>(fn_service(move |publish| v3::publish_v3(session.clone(), publish)))
             }));
     let v5 = ntex_mqtt::v5::MqttServer::new(fn_service(move |handshake| v5::handshake_v5(shared.clone(), handshake)))
+        .control(fn_factory_with_config(async |_: ntex_mqtt::v5::Session<Connection>| {
+            Ok::<_, HandlerError>(fn_service(async |_: ntex_mqtt::Control<HandlerError>| {
+                Ok::<_, HandlerError>(None::<ntex_mqtt::v5::codec::Encoded>)
+            }))
+        }))
         .protocol(fn_factory_with_config(async |session: ntex_mqtt::v5::Session<Connection>| {
             Ok::<_, HandlerError>(fn_service(move |msg| v5::protocol_v5(session.clone(), msg)))
         }))
