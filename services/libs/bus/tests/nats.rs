@@ -456,3 +456,29 @@ impl Drop for Members {
         }
     }
 }
+
+#[tokio::test]
+async fn a_member_joined_before_a_nats_crash_keeps_per_device_order() {
+    let mut nats = NatsServer::start().await;
+    let bus =
+        NatsBus::connect(NatsBusConfig { request_timeout: Duration::from_secs(1), ..config(&nats) }).await.unwrap();
+    let mut member = bus.consume("history", "tether.up.>").await.unwrap();
+    for n in 0..10 {
+        publish_until_acked(&bus, &uplink("lamp-1", n)).await;
+    }
+    // Let the member pull them (they wait, unacked, in its channel) before the crash.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    nats.restart().await;
+    wait_until_ready(&bus).await;
+    for n in 10..200 {
+        publish_until_acked(&bus, &uplink("lamp-1", n)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 200 {
+        let delivery = next(&mut member).await;
+        let n: u32 = String::from_utf8_lossy(&delivery.message.payload).rsplit('/').next().unwrap().parse().unwrap();
+        delivery.ack().await.unwrap();
+        seen.push(n);
+    }
+    assert_eq!(seen, (0..200).collect::<Vec<_>>());
+}
