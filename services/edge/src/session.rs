@@ -66,6 +66,10 @@ pub struct ConnState {
     pub sink: Sink,
     /// Explicit SUBSCRIBEs (the implicit ones are implied by the device's identity).
     pub subscriptions: RefCell<Vec<SubscribeFilter>>,
+    /// Taken by each PUBLISH for its whole handling, in arrival order (the lock is fair): QoS 1
+    /// PUBACKs leave in the order the PUBLISHes came (MQTT 3.1.1 §4.6) and a device's uplinks
+    /// reach the bus in order, however many PUBLISHes the client pipelines.
+    pub publish_turn: tokio::sync::Mutex<()>,
 }
 
 /// A finished session, handed to the presence recorder.
@@ -186,6 +190,7 @@ impl Connection {
             client_ip,
             sink,
             subscriptions: RefCell::new(Vec::new()),
+            publish_turn: tokio::sync::Mutex::new(()),
         };
         Ok(Self { inner: Rc::new(state) })
     }

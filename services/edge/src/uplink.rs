@@ -31,6 +31,7 @@ pub enum PublishOutcome {
 impl Connection {
     /// Handles one PUBLISH of this connection. `size` is the payload's size on the wire.
     pub async fn on_publish(&self, topic: &str, payload: Bytes, size: usize) -> PublishOutcome {
+        let _turn = self.publish_turn.lock().await;
         let device = &self.session.device;
         let parsed = match Topic::parse(topic) {
             Ok(parsed) => parsed,

@@ -65,9 +65,8 @@ pub fn serve(shared: Arc<EdgeShared>) -> Result<(ServerHandle, SocketAddr), Edge
     // Frames up to 4x the payload limit are read so the device gets an Alink 400 and stays
     // connected; anything larger is a protocol error that closes the connection.
     let max_frame = u32::try_from(max_payload.saturating_mul(4).max(64 * 1024)).unwrap_or(u32::MAX);
-    // One PUBLISH of a connection is handled at a time: QoS 1 PUBACKs must leave in the order
-    // the PUBLISHes came (MQTT 3.1.1 §4.6), and a device's uplinks must reach the bus in order.
-    // The client keeps sending; the edge reads on as each hand-off completes.
+    // MQTT 5 clients are asked for one PUBLISH in flight (receive maximum 1); what any client
+    // pipelines anyway is handled in arrival order (see `ConnState::publish_turn`).
     let mqtt_config = MqttServiceConfig::new()
         .set_max_receive(1)
         .set_max_qos(QoS::AtLeastOnce)
