@@ -19,11 +19,12 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-# sync_interval always: a JetStream ack (and so a device's PUBACK) means the message is on disk.
+# NATS_SYNC_ALWAYS=1: sync_interval always, so a JetStream ack (and a device's PUBACK) means the
+# message is on disk (what production runs; it costs throughput, see docs/cluster.md).
 cat >"$work/nats.conf" <<CONF
 host: 127.0.0.1
 port: 14222
-jetstream { store_dir: "$work/nats", sync_interval: "always" }
+jetstream { store_dir: "$work/nats"${NATS_SYNC_ALWAYS:+, sync_interval: "always"} }
 CONF
 "$root/.venv/bin/nats-server" -c "$work/nats.conf" >"$work/nats.log" 2>&1 & pids+=($!)
 redis-server --bind 127.0.0.1 --port 16379 --save "" --appendonly no >"$work/redis.log" 2>&1 & pids+=($!)

@@ -245,7 +245,7 @@ async fn connect(mqtt: SocketAddr, c: &Creds) -> anyhow::Result<(AsyncClient, ru
     options
         .set_credentials(format!("{}&{}", c.dn, c.pk), password)
         .set_keep_alive(Duration::from_secs(60))
-        .set_inflight(100);
+        .set_inflight(u16::MAX);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
     match eventloop.poll().await? {
         Event::Incoming(Packet::ConnAck(_)) => Ok((client, eventloop)),
