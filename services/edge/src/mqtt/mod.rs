@@ -13,7 +13,7 @@ use ntex_service::cfg::SharedCfg;
 use ntex_service::{fn_factory_with_config, fn_service};
 use ntex_util::time::Seconds;
 
-use crate::session::Connection;
+use crate::session::{ConnectRequest, Connection};
 use crate::{EdgeError, EdgeShared};
 
 /// Stops the server thread.
@@ -52,6 +52,23 @@ impl TryFrom<HandlerError> for ntex_mqtt::v5::PublishAck {
 
     fn try_from(err: HandlerError) -> Result<Self, HandlerError> {
         Err(err)
+    }
+}
+
+/// The CONNECT fields admission needs, from either protocol version's packet.
+fn connect_request(
+    client_id: &ntex_bytes::ByteString,
+    username: Option<&ntex_bytes::ByteString>,
+    password: Option<&ntex_bytes::Bytes>,
+    keep_alive: u16,
+    io: &ntex_io::IoBoxed,
+) -> ConnectRequest {
+    ConnectRequest {
+        client_id: client_id.to_string(),
+        username: username.map(ToString::to_string),
+        password: password.map(|p| bytes::Bytes::copy_from_slice(p)),
+        keep_alive,
+        peer: io.query::<ntex_io::types::PeerAddr>().get().map(ntex_io::types::PeerAddr::into_inner),
     }
 }
 

@@ -2,14 +2,13 @@
 
 use std::sync::Arc;
 
-use ntex_io::types::PeerAddr;
 use ntex_mqtt::QoS;
 use ntex_mqtt::v5::codec::{ConnectAckReason, PublishAckReason, SubscribeAckReason};
 use ntex_mqtt::v5::{self, ProtocolMessage, ProtocolMessageAck, Publish, PublishAck, Session};
 
 use super::HandlerError;
 use crate::EdgeShared;
-use crate::session::{ConnectRequest, Connection, Refusal, Sink};
+use crate::session::{Connection, Refusal, Sink};
 use crate::uplink::PublishOutcome;
 
 pub async fn handshake_v5(
@@ -17,13 +16,13 @@ pub async fn handshake_v5(
     handshake: v5::Handshake,
 ) -> Result<v5::HandshakeAck<Connection>, HandlerError> {
     let packet = handshake.packet();
-    let request = ConnectRequest {
-        client_id: packet.client_id.to_string(),
-        username: packet.username.as_ref().map(ToString::to_string),
-        password: packet.password.as_ref().map(|p| bytes::Bytes::copy_from_slice(p)),
-        keep_alive: packet.keep_alive,
-        peer: handshake.io().query::<PeerAddr>().get().map(PeerAddr::into_inner),
-    };
+    let request = super::connect_request(
+        &packet.client_id,
+        packet.username.as_ref(),
+        packet.password.as_ref(),
+        packet.keep_alive,
+        handshake.io(),
+    );
     let client_id = request.client_id.clone();
     match Connection::admit(&shared, request, Sink::V5(handshake.sink())).await {
         Ok(conn) => Ok(handshake.ack(conn)),
