@@ -34,8 +34,21 @@ impl Servers {
 }
 
 impl ClusterPlatform {
-    /// Starts auth, gateway and one edge against `servers`, and waits until each is ready.
+    /// Starts auth, gateway and one edge against `servers`, and waits until each is ready. A port
+    /// picked free can be taken by a parallel test before a role binds it: such a start is
+    /// stopped and tried again on other ports.
     pub async fn start(servers: &Servers) -> Self {
+        for _ in 0..3 {
+            match Self::try_start(servers).await {
+                Ok(cluster) => return cluster,
+                Err(started) => started.stop().await,
+            }
+        }
+        panic!("cluster roles did not start in three tries (see the errors above)");
+    }
+
+    /// Starts the roles; on a role that stops during start-up, returns those started so far.
+    async fn try_start(servers: &Servers) -> Result<Self, Self> {
         let auth_port = free_port();
         let mqtt_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let http_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -74,39 +87,43 @@ impl ClusterPlatform {
                 }
                 result
             });
-            wait_ready(role, health, &task).await;
+            let ready = wait_ready(role, health, &task).await;
             roles.push((stop, task));
+            if !ready {
+                let bus = NatsBus::connect(NatsBusConfig::new(servers.nats.url())).await.expect("test bus connects");
+                return Err(Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus) });
+            }
         }
         let bus = NatsBus::connect(NatsBusConfig::new(servers.nats.url())).await.expect("test bus connects");
-        Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus) }
+        Ok(Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus) })
     }
 
-    /// Stops the roles in reverse order (edges drain first).
+    /// Stops the roles in reverse order (edges drain first); a role that failed was reported when
+    /// it did.
     pub async fn stop(self) {
         for (stop, task) in self.roles.into_iter().rev() {
             let _ = stop.send(());
-            match tokio::task::spawn_blocking(move || task.join()).await.expect("join") {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => panic!("role failed: {error:#}"),
-                Err(error) => panic!("role panicked: {error:?}"),
+            if let Err(error) = tokio::task::spawn_blocking(move || task.join()).await.expect("join") {
+                panic!("role panicked: {error:?}");
             }
         }
     }
 }
 
-/// Waits until the role answers ready; a role that stopped (e.g. its port was taken by another
-/// test in the meantime) fails the wait at once with its error.
-async fn wait_ready(role: Role, health: u16, task: &std::thread::JoinHandle<anyhow::Result<()>>) {
+/// Waits until the role answers ready (`true`), or has stopped, e.g. because its port was taken
+/// by another test in the meantime (`false`; its error was printed).
+async fn wait_ready(role: Role, health: u16, task: &std::thread::JoinHandle<anyhow::Result<()>>) -> bool {
     let url = format!("http://127.0.0.1:{health}/readyz");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     loop {
         if task.is_finished() {
-            panic!("{role:?} role stopped during start-up (see its error above)");
+            eprintln!("{role:?} role stopped during start-up");
+            return false;
         }
         if let Ok(response) = reqwest::get(&url).await
             && response.status().is_success()
         {
-            return;
+            return true;
         }
         assert!(tokio::time::Instant::now() < deadline, "{role:?} role not ready within 40 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
