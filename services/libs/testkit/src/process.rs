@@ -32,30 +32,22 @@ pub struct RedisServer {
 struct Server {
     name: &'static str,
     program: PathBuf,
-    args: Vec<String>,
+    /// The command line for a port and the data directory.
+    args: fn(u16, &str) -> Vec<String>,
     port: u16,
     child: Option<Child>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let program = std::env::var_os("TETHER_NATS_SERVER").map(PathBuf::from).unwrap_or_else(nats_server_binary);
         assert!(program.exists(), "{} is missing: run `make deps`", program.display());
-        let args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            dir.path().display().to_string(),
-        ];
-        let mut server = Server { name: "nats-server", program, args, port, child: None, _dir: dir };
-        server.spawn().await;
+        let args = |port: u16, dir: &str| -> Vec<String> {
+            ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", dir].map(str::to_owned).to_vec()
+        };
+        let server = Server::start("nats-server", program, args).await;
         Self { server }
     }
 
@@ -75,30 +67,19 @@ impl NatsServer {
     /// Starts again on the same port and storage.
     pub async fn restart(&mut self) {
         self.server.kill();
-        self.server.spawn().await;
+        self.server.respawn().await;
     }
 }
 
 impl RedisServer {
     /// Starts a server and waits until it accepts connections.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let program = PathBuf::from("redis-server");
-        let args = vec![
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            port.to_string(),
-            "--save".into(),
-            String::new(),
-            "--appendonly".into(),
-            "no".into(),
-            "--dir".into(),
-            dir.path().display().to_string(),
-        ];
-        let mut server = Server { name: "redis-server", program, args, port, child: None, _dir: dir };
-        server.spawn().await;
+        let args = |port: u16, dir: &str| -> Vec<String> {
+            ["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir", dir]
+                .map(str::to_owned)
+                .to_vec()
+        };
+        let server = Server::start("redis-server", PathBuf::from("redis-server"), args).await;
         Self { server }
     }
 
@@ -118,26 +99,55 @@ impl RedisServer {
     /// Starts again, empty, on the same port.
     pub async fn restart(&mut self) {
         self.server.kill();
-        self.server.spawn().await;
+        self.server.respawn().await;
     }
 }
 
 impl Server {
-    async fn spawn(&mut self) {
-        let child = Command::new(&self.program)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {} ({}): {e}; run `make deps`", self.name, self.program.display())
-            });
+    /// Starts on a free port; a port taken by a parallel test between the pick and the bind
+    /// (the server exits) is replaced by another.
+    async fn start(name: &'static str, program: PathBuf, args: fn(u16, &str) -> Vec<String>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Self { name, program, args, port: 0, child: None, dir };
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!("{name} did not start on five free ports");
+    }
+
+    /// Runs the server on `self.port`; `false` when it exited instead (its port was taken).
+    async fn spawn(&mut self) -> bool {
+        let args = (self.args)(self.port, &self.dir.path().display().to_string());
+        let child =
+            Command::new(&self.program).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(
+                |e| panic!("cannot start {} ({}): {e}; run `make deps`", self.name, self.program.display()),
+            );
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+        loop {
+            if self.exited() {
+                return false;
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                // Whoever answered, our server must still be running for it to be ours.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return !self.exited();
+            }
             assert!(tokio::time::Instant::now() < deadline, "{} did not start on port {}", self.name, self.port);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|child| child.try_wait().ok().flatten().is_some())
+    }
+
+    /// Starts again on the same port (a restart must keep the address clients know).
+    async fn respawn(&mut self) {
+        assert!(self.spawn().await, "{} could not start again on port {}", self.name, self.port);
     }
 
     fn kill(&mut self) {
