@@ -59,6 +59,13 @@ impl RoleProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, as Kubernetes stops a pod; waits for the process to exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
 }
 
 impl Drop for RoleProcess {
@@ -286,4 +293,23 @@ async fn routes_and_acknowledged_uplinks_survive_redis_and_nats_restarts() {
     }
     assert!(burst.windows(2).all(|w| w[0] < w[1]), "in order, each once: {burst:?}");
     assert!(acknowledged.iter().all(|n| burst.contains(n)), "every acknowledged post consumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_drains_on_sigterm_and_its_devices_go_offline_at_once() {
+    let mut cluster = Cluster::start(1).await;
+    let creds = cluster.device().await;
+    let mut device = DeviceV5::connect_with(cluster.edge_addr(0), &creds, None).await.unwrap();
+    assert_eq!(cluster.status(&creds).await, "ONLINE");
+
+    let started = Instant::now();
+    let status = cluster.edges[0].0.terminate();
+    assert!(status.success(), "edge exits cleanly on SIGTERM: {status}");
+    assert_eq!(
+        device.next_ack().await,
+        V5Ack::Disconnect(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ServerShuttingDown)
+    );
+    // The drain records each device OFFLINE itself; the reaper (2 s TTL) is not needed.
+    assert_eq!(cluster.status(&creds).await, "OFFLINE");
+    assert!(started.elapsed() < Duration::from_secs(2), "drained in {:?}", started.elapsed());
 }
