@@ -5,7 +5,7 @@ mod process;
 
 use std::path::PathBuf;
 
-pub use process::{NatsServer, RedisServer};
+pub use process::{Nats, NatsServer, Redis, RedisServer, ServerKind, TestServer};
 
 /// A free TCP port on 127.0.0.1 for a server the test starts later.
 ///
