@@ -60,11 +60,23 @@ impl RoleProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, as Kubernetes stops a pod; waits for the process to exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM, as Kubernetes stops a pod.
+    fn terminate(&self) {
         let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
-        self.child.wait().unwrap()
+    }
+
+    /// Waits for the process to exit, off the async workers (the test's clients keep running).
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process {pid} still running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -303,12 +315,13 @@ async fn an_edge_drains_on_sigterm_and_its_devices_go_offline_at_once() {
     assert_eq!(cluster.status(&creds).await, "ONLINE");
 
     let started = Instant::now();
-    let status = cluster.edges[0].0.terminate();
-    assert!(status.success(), "edge exits cleanly on SIGTERM: {status}");
+    cluster.edges[0].0.terminate();
     assert_eq!(
         device.next_ack().await,
         V5Ack::Disconnect(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ServerShuttingDown)
     );
+    let status = cluster.edges[0].0.exited().await;
+    assert!(status.success(), "edge exits cleanly on SIGTERM: {status}");
     // The drain records each device OFFLINE itself; the reaper (2 s TTL) is not needed.
     assert_eq!(cluster.status(&creds).await, "OFFLINE");
     assert!(started.elapsed() < Duration::from_secs(2), "drained in {:?}", started.elapsed());
