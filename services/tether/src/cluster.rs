@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use async_trait::async_trait;
 use tether_auth::Auth;
 use tether_bus::events::{self, Origin};
 use tether_bus::{Bus, NatsBus, NatsBusConfig};
@@ -81,7 +80,7 @@ async fn run_auth(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
     let listener = tokio::net::TcpListener::bind(config.auth.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (auth.grpc_addr)", config.auth.grpc_addr))?;
-    let health = health(&config, vec![Arc::new(NatsCheck(bus)), Arc::new(KvCheck(store))]).await?;
+    let health = health(&config, vec![nats_check(bus), kv_check(store)]).await?;
     tracing::info!(addr = %config.auth.grpc_addr, "auth serving grpc");
     tonic::transport::Server::builder()
         .add_service(AuthGrpcServer::new(auth).into_service())
@@ -131,7 +130,7 @@ async fn run_edge(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
     };
     let deps = EdgeDeps { auth: auth_dyn.clone(), bus: bus_dyn.clone(), routes: Arc::new(routes.clone()) };
     let edge = Edge::start(edge_config, deps).await?;
-    let health = health(&config, vec![Arc::new(NatsCheck(bus)), Arc::new(RedisCheck(routes.clone()))]).await?;
+    let health = health(&config, vec![nats_check(bus), redis_check(routes.clone())]).await?;
 
     let keeper = tokio::spawn(keep_routes(routes, node, ttl, edge.sessions(), auth_dyn, bus_dyn));
     shutdown.await;
@@ -199,7 +198,7 @@ async fn run_gateway(config: ClusterConfig, shutdown: impl Future<Output = ()>) 
     let auth = auth_client(&config)?;
     let deps = GatewayDeps { auth: Arc::new(auth.clone()), routes: Arc::new(routes.clone()) };
     let gateway = Gateway::start(config.gateway.http_addr, deps).await?;
-    let health = health(&config, vec![Arc::new(RedisCheck(routes)), Arc::new(AuthCheck(auth))]).await?;
+    let health = health(&config, vec![redis_check(routes), auth_check(auth)]).await?;
     shutdown.await;
     gateway.stop().await;
     health.stop();
@@ -208,51 +207,36 @@ async fn run_gateway(config: ClusterConfig, shutdown: impl Future<Output = ()>) 
 
 // === readiness checks ===
 
-struct NatsCheck(NatsBus);
-struct KvCheck(NatsKvStore);
-struct RedisCheck(RedisRoutes);
-struct AuthCheck(AuthGrpcClient);
-
-#[async_trait]
-impl ReadinessCheck for NatsCheck {
-    fn name(&self) -> &str {
-        "nats"
-    }
-    async fn check(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
-    }
+fn nats_check(bus: NatsBus) -> Arc<dyn ReadinessCheck> {
+    tether_telemetry::check("nats", move || {
+        let bus = bus.clone();
+        async move { bus.ping().await.map_err(|e| e.to_string()) }
+    })
 }
 
-#[async_trait]
-impl ReadinessCheck for KvCheck {
-    fn name(&self) -> &str {
-        "nats-kv"
-    }
-    async fn check(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
-    }
+fn kv_check(store: NatsKvStore) -> Arc<dyn ReadinessCheck> {
+    tether_telemetry::check("nats-kv", move || {
+        let store = store.clone();
+        async move { store.ping().await.map_err(|e| e.to_string()) }
+    })
 }
 
-#[async_trait]
-impl ReadinessCheck for RedisCheck {
-    fn name(&self) -> &str {
-        "redis"
-    }
-    async fn check(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
-    }
+fn redis_check(routes: RedisRoutes) -> Arc<dyn ReadinessCheck> {
+    tether_telemetry::check("redis", move || {
+        let routes = routes.clone();
+        async move { routes.ping().await.map_err(|e| e.to_string()) }
+    })
 }
 
-#[async_trait]
-impl ReadinessCheck for AuthCheck {
-    fn name(&self) -> &str {
-        "auth"
-    }
-    async fn check(&self) -> Result<(), String> {
-        // Any answer, even "unknown key", proves auth is reachable.
-        match self.0.authenticate_api_key("readiness-probe").await {
-            Ok(_) | Err(tether_contract::ServiceError::Unauthenticated) => Ok(()),
-            Err(error) => Err(error.to_string()),
+fn auth_check(auth: AuthGrpcClient) -> Arc<dyn ReadinessCheck> {
+    tether_telemetry::check("auth", move || {
+        let auth = auth.clone();
+        async move {
+            // Any answer, even "unknown key", proves auth is reachable.
+            match auth.authenticate_api_key("readiness-probe").await {
+                Ok(_) | Err(tether_contract::ServiceError::Unauthenticated) => Ok(()),
+                Err(error) => Err(error.to_string()),
+            }
         }
-    }
+    })
 }

@@ -23,6 +23,35 @@ pub trait ReadinessCheck: Send + Sync + 'static {
     async fn check(&self) -> Result<(), String>;
 }
 
+/// A readiness check from a name and a probe (e.g. a client's `ping`).
+pub fn check<F, Fut>(name: &'static str, probe: F) -> Arc<dyn ReadinessCheck>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(ProbeCheck { name, probe })
+}
+
+struct ProbeCheck<F> {
+    name: &'static str,
+    probe: F,
+}
+
+#[async_trait]
+impl<F, Fut> ReadinessCheck for ProbeCheck<F>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        (self.probe)().await
+    }
+}
+
 /// The shared metrics registry of a process.
 pub type MetricsRegistry = Arc<Mutex<Registry>>;
 
