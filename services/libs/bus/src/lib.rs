@@ -10,6 +10,7 @@
 //! Embedded mode uses [`InProcessBus`]; cluster mode uses [`NatsBus`] (a JetStream stream with
 //! durable pull consumers for stream messages, core NATS for the rest).
 
+pub mod downlink;
 pub mod events;
 mod in_process;
 mod nats;

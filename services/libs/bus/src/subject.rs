@@ -9,6 +9,10 @@ pub enum UplinkKind {
     Event,
     Status,
     Custom,
+    /// Tag changes (`thing/deviceinfo/update|delete`).
+    Tags,
+    /// Gateway topology changes (`thing/topo/add|delete`).
+    Topo,
 }
 
 impl UplinkKind {
@@ -18,6 +22,8 @@ impl UplinkKind {
             Self::Event => "event",
             Self::Status => "status",
             Self::Custom => "custom",
+            Self::Tags => "tags",
+            Self::Topo => "topo",
         }
     }
 }
@@ -47,6 +53,14 @@ pub fn lifecycle(tenant: &TenantId, device: &DeviceKey) -> String {
 pub fn edge_kick(node: &str) -> String {
     format!("tether.edge.{}.kick", token(node))
 }
+
+/// `tether.edge.<node>.down`: messages for devices connected to `node` ([`crate::downlink`]).
+pub fn edge_down(node: &str) -> String {
+    format!("tether.edge.{}.down", token(node))
+}
+
+/// A product's thing model changed; the body is the product key. Edges drop their cached copy.
+pub const THING_MODEL_CHANGED: &str = "tether.thing.model";
 
 /// Every device lifecycle event.
 pub const ALL_LIFECYCLE: &str = "tether.registry.*.*.*.lifecycle";

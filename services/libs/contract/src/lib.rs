@@ -6,12 +6,16 @@
 
 pub mod auth;
 mod error;
+pub mod thing;
 
 pub use auth::{
     AuthGrpcClient, AuthGrpcServer, AuthService, Caller, DataFormat, Device, DeviceAuthError, DeviceCredentials,
     DeviceSession, Dialect, IssuedApiKey, NewDevice, NewProduct, NodeType, Page, Product, Tenant,
 };
 pub use error::ServiceError;
+pub use thing::{
+    DesiredValue, DeviceMessage, DeviceRef, DeviceRequest, PropertySnapshot, Tag, ThingService, TimedValue,
+};
 
 /// Milliseconds since the Unix epoch, the unit of every time value in the API.
 pub fn now_ms() -> i64 {
