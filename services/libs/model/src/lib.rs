@@ -6,6 +6,7 @@
 pub mod alink;
 pub mod client_id;
 pub mod ids;
+pub mod shadow;
 pub mod sign;
 pub mod topic;
 pub mod tsl;
