@@ -71,7 +71,9 @@ impl ClusterPlatform {
             ClusterConfig::load(None, env).expect("cluster config")
         };
         let mut roles = Vec::new();
-        for (role, node) in [(Role::Auth, "auth-1"), (Role::Gateway, "gateway-1"), (Role::Edge, "edge-1")] {
+        for (role, node) in
+            [(Role::Auth, "auth-1"), (Role::Thing, "thing-1"), (Role::Gateway, "gateway-1"), (Role::Edge, "edge-1")]
+        {
             let health = free_port();
             let config = base(node, health);
             let (stop, stopped) = oneshot::channel::<()>();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tether_bus::Subscription;
+use tether_bus::downlink::Downlink;
 use tether_model::DeviceKey;
 use tokio::sync::mpsc;
 
@@ -27,6 +28,8 @@ pub enum KickReason {
 #[derive(Debug)]
 pub enum ConnCommand {
     Kick(KickReason),
+    /// Publish a message to the device.
+    Deliver(Downlink),
 }
 
 /// How to reach one connection.
@@ -78,6 +81,14 @@ impl Connections {
         }
     }
 
+    /// Hands a message to the device's connection; false when it is not connected here.
+    pub fn deliver(&self, downlink: Downlink) -> bool {
+        match self.by_device.lock().get(&downlink.device) {
+            Some(handle) => handle.commands.send(ConnCommand::Deliver(downlink)).is_ok(),
+            None => false,
+        }
+    }
+
     /// Every live session's route on this node.
     pub fn routes(&self) -> Vec<(DeviceKey, tether_store::Route)> {
         self.by_device.lock().iter().map(|(device, handle)| (device.clone(), handle.route.clone())).collect()
@@ -126,6 +137,21 @@ pub async fn kick_on_lifecycle(shared: Arc<EdgeShared>, mut events: Subscription
         };
         if shared.connections.kick(&device, KickReason::NotAuthorized) {
             tracing::info!(%device, action = %event.action, "disconnecting device");
+        }
+    }
+}
+
+/// Delivers the messages other services send to devices connected here.
+pub async fn deliver_downlinks(shared: Arc<EdgeShared>, mut downlinks: Subscription) {
+    while let Some(message) = downlinks.next().await {
+        let subject = message.subject.clone();
+        let Some(downlink) = Downlink::from_message(message) else {
+            tracing::warn!(%subject, "unreadable downlink skipped");
+            continue;
+        };
+        let (device, topic) = (downlink.device.clone(), downlink.topic.clone());
+        if !shared.connections.deliver(downlink) {
+            tracing::debug!(%device, %topic, "downlink for a device not connected here dropped");
         }
     }
 }

@@ -9,6 +9,7 @@
 //! protocol-independent behaviour lives in [`session`] and [`uplink`].
 
 mod connections;
+mod models;
 mod mqtt;
 mod session;
 mod uplink;
@@ -18,12 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use tether_bus::{Bus, subject};
-use tether_contract::AuthService;
+use tether_contract::{AuthService, ThingService};
 use tether_store::SessionRoutes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::connections::{Connections, KickReason};
+use crate::models::ThingModels;
 use crate::session::ClosedSession;
 
 /// Aliyun's largest accepted payload, the default of [`EdgeConfig::max_payload_bytes`].
@@ -47,6 +49,7 @@ pub struct EdgeConfig {
 #[derive(Clone)]
 pub struct EdgeDeps {
     pub auth: Arc<dyn AuthService>,
+    pub thing: Arc<dyn ThingService>,
     pub bus: Arc<dyn Bus>,
     pub routes: Arc<dyn SessionRoutes>,
 }
@@ -67,6 +70,8 @@ pub struct Edge {
     presence: JoinHandle<()>,
     lifecycle: JoinHandle<()>,
     remote_kicks: JoinHandle<()>,
+    model_changes: JoinHandle<()>,
+    downlinks: JoinHandle<()>,
 }
 
 /// The live sessions of an edge, reachable from any thread.
@@ -87,11 +92,22 @@ impl LiveSessions {
     }
 }
 
+/// What the edge counts, served on `/metrics` in cluster mode.
+#[derive(Default)]
+pub(crate) struct EdgeMetrics {
+    /// Properties dropped from posts because the thing model does not define them.
+    pub unknown_properties: prometheus_client::metrics::counter::Counter,
+    /// Device replies to service calls whose data does not conform to the thing model.
+    pub nonconforming_replies: prometheus_client::metrics::counter::Counter,
+}
+
 /// What every connection of this edge shares; `Send + Sync`, reached from every worker.
 pub(crate) struct EdgeShared {
     pub config: EdgeConfig,
     pub deps: EdgeDeps,
     pub connections: Connections,
+    pub models: Arc<ThingModels>,
+    pub metrics: EdgeMetrics,
     pub next_conn_id: AtomicU64,
     pub closed: mpsc::UnboundedSender<ClosedSession>,
 }
@@ -109,10 +125,20 @@ impl Edge {
             .subscribe(&subject::edge_kick(&config.node_id))
             .await
             .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+        let model_changes =
+            deps.bus.subscribe(subject::THING_MODEL_CHANGED).await.map_err(|e| EdgeError::Runtime(e.to_string()))?;
+        let downlinks = deps
+            .bus
+            .subscribe(&subject::edge_down(&config.node_id))
+            .await
+            .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+        let models = Arc::new(ThingModels::new(deps.thing.clone()));
         let shared = Arc::new(EdgeShared {
             config,
             deps,
             connections: Connections::default(),
+            models: models.clone(),
+            metrics: EdgeMetrics::default(),
             next_conn_id: AtomicU64::new(1),
             closed,
         });
@@ -124,8 +150,25 @@ impl Edge {
         ));
         let lifecycle = tokio::spawn(connections::kick_on_lifecycle(shared.clone(), lifecycle_events));
         let remote_kicks = tokio::spawn(connections::kick_on_request(shared.clone(), kicks));
+        let model_changes = tokio::spawn(models::forget_changed(models, model_changes));
+        let downlinks = tokio::spawn(connections::deliver_downlinks(shared.clone(), downlinks));
         tracing::info!(addr = %local_addr, node = %shared.config.node_id, "mqtt listener started");
-        Ok(Self { local_addr, shared, server, presence, lifecycle, remote_kicks })
+        Ok(Self { local_addr, shared, server, presence, lifecycle, remote_kicks, model_changes, downlinks })
+    }
+
+    /// Adds the edge's metrics to `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let metrics = &self.shared.metrics;
+        registry.register(
+            "edge_unknown_properties",
+            "Properties dropped from posts because the thing model does not define them",
+            metrics.unknown_properties.clone(),
+        );
+        registry.register(
+            "edge_nonconforming_service_replies",
+            "Device replies to service calls whose data does not conform to the thing model",
+            metrics.nonconforming_replies.clone(),
+        );
     }
 
     /// A handle on this edge's live sessions, for the cluster's route keeper.
@@ -147,7 +190,7 @@ impl Edge {
     /// Stops accepting, disconnects the devices spread evenly over `over` (so they reconnect to
     /// other edges gradually; v5 clients get 0x8B and the server reference), then stops.
     pub async fn drain(self, over: std::time::Duration) {
-        let Self { shared, server, presence, lifecycle, remote_kicks, .. } = self;
+        let Self { shared, server, presence, lifecycle, remote_kicks, model_changes, downlinks, .. } = self;
         server.pause().await;
         let devices = shared.connections.devices();
         let pause = over.checked_div(u32::try_from(devices.len()).unwrap_or(u32::MAX).max(1)).unwrap_or_default();
@@ -160,7 +203,7 @@ impl Edge {
         }
         shared.connections.kick_all(KickReason::ServerShuttingDown);
         server.stop().await;
-        for task in [lifecycle, remote_kicks] {
+        for task in [lifecycle, remote_kicks, model_changes, downlinks] {
             task.abort();
             let _ = task.await;
         }

@@ -95,6 +95,20 @@ impl Sink {
         }
     }
 
+    /// Sends a QoS 1 message and waits for the device's PUBACK (or the connection's end).
+    pub async fn send_at_least_once(&self, topic: &str, payload: Vec<u8>) {
+        let payload = ntex_bytes::Bytes::from(payload);
+        let result = match self {
+            Self::V3(sink) => sink.publish(topic).send_at_least_once(payload).await.map_err(|e| e.to_string()),
+            Self::V5(sink) => {
+                sink.publish(topic).send_at_least_once(payload).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%topic, %error, "qos 1 message to a closing connection not acknowledged");
+        }
+    }
+
     /// Closes the connection; v5 clients are told why (and where to go, when shutting down).
     pub fn kick(&self, reason: KickReason, server_reference: Option<&str>) {
         use ntex_mqtt::v5::codec::{Disconnect, DisconnectReasonCode};
@@ -245,8 +259,23 @@ async fn run_commands(
     server_reference: Option<String>,
 ) {
     // A closed channel means the connection has ended (or been replaced) without a kick.
-    if let Some(ConnCommand::Kick(reason)) = commands.recv().await {
-        sink.kick(reason, server_reference.as_deref());
+    while let Some(command) = commands.recv().await {
+        match command {
+            ConnCommand::Kick(reason) => {
+                sink.kick(reason, server_reference.as_deref());
+                return;
+            }
+            ConnCommand::Deliver(downlink) if downlink.qos == 0 => {
+                sink.send(&downlink.topic, downlink.payload.to_vec())
+            }
+            ConnCommand::Deliver(downlink) => {
+                // Not awaited here: a device slow to acknowledge must not hold back a kick.
+                let sink = sink.clone();
+                ntex_rt::spawn(
+                    async move { sink.send_at_least_once(&downlink.topic, downlink.payload.to_vec()).await },
+                );
+            }
+        }
     }
 }
 

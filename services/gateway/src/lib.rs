@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use tether_contract::AuthService;
+use tether_contract::{AuthService, ThingService};
 use tether_store::SessionRoutes;
 use tokio::net::TcpListener;
 
@@ -23,6 +23,7 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct GatewayDeps {
     pub auth: Arc<dyn AuthService>,
+    pub thing: Arc<dyn ThingService>,
     pub routes: Arc<dyn SessionRoutes>,
 }
 

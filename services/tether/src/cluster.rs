@@ -10,11 +10,12 @@ use anyhow::{Context, bail};
 use tether_auth::Auth;
 use tether_bus::events::{self, Origin};
 use tether_bus::{Bus, NatsBus, NatsBusConfig};
-use tether_contract::{AuthGrpcClient, AuthGrpcServer, AuthService, now_ms};
+use tether_contract::{AuthGrpcClient, AuthGrpcServer, AuthService, ThingService, now_ms};
 use tether_edge::{Edge, EdgeConfig, EdgeDeps};
 use tether_gateway::{Gateway, GatewayDeps};
-use tether_store::{KvStore, NatsKvStore, RedisRoutes, RedisRoutesConfig};
+use tether_store::{KvStore, NatsKvStore, RedisRoutes, RedisRoutesConfig, SessionRoutes};
 use tether_telemetry::{HealthServer, ReadinessCheck};
+use tether_thing::Thing;
 
 use crate::config::ClusterConfig;
 
@@ -36,7 +37,8 @@ pub async fn run_role(role: Role, config: ClusterConfig, shutdown: impl Future<O
         Role::Auth => run_auth(config, shutdown).await,
         Role::Edge => run_edge(config, shutdown).await,
         Role::Gateway => run_gateway(config, shutdown).await,
-        Role::Thing | Role::Command | Role::Rules | Role::History => {
+        Role::Thing => run_thing(config, shutdown).await,
+        Role::Command | Role::Rules | Role::History => {
             bail!("the {role:?} role is not part of this release yet: its service has not been built")
         }
     }
@@ -46,6 +48,22 @@ async fn connect_bus(config: &ClusterConfig) -> anyhow::Result<NatsBus> {
     let mut bus_config = NatsBusConfig::new(&config.nats.url);
     bus_config.replicas = config.nats.replicas;
     NatsBus::connect(bus_config).await.with_context(|| format!("cannot use NATS at {} (nats.url)", config.nats.url))
+}
+
+async fn connect_kv(config: &ClusterConfig) -> anyhow::Result<NatsKvStore> {
+    NatsKvStore::connect(&config.nats.url, &config.nats.kv_bucket, config.nats.replicas)
+        .await
+        .with_context(|| format!("cannot use NATS KV at {} (nats.url)", config.nats.url))
+}
+
+/// The thing service over the shared registry KV.
+async fn thing_service(
+    config: &ClusterConfig,
+    bus: Arc<dyn Bus>,
+    routes: Arc<dyn SessionRoutes>,
+) -> anyhow::Result<Thing> {
+    let store: Arc<dyn KvStore> = Arc::new(connect_kv(config).await?);
+    Ok(Thing::new(store, bus, routes))
 }
 
 async fn connect_routes(config: &ClusterConfig) -> anyhow::Result<RedisRoutes> {
@@ -66,9 +84,7 @@ async fn run_auth(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
     if config.auth.admin_key.is_empty() {
         bail!("auth.admin_key is required in cluster mode (or TETHER_AUTH_ADMIN_KEY)");
     }
-    let store = NatsKvStore::connect(&config.nats.url, &config.nats.kv_bucket, config.nats.replicas)
-        .await
-        .with_context(|| format!("cannot use NATS KV at {} (nats.url)", config.nats.url))?;
+    let store = connect_kv(&config).await?;
     let bus = connect_bus(&config).await?;
     let store_dyn: Arc<dyn KvStore> = Arc::new(store.clone());
     // Watch before loading, so no change between the load and the watch is missed.
@@ -128,7 +144,9 @@ async fn run_edge(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
         workers: config.edge.workers,
         server_reference: config.edge.server_reference.clone(),
     };
-    let deps = EdgeDeps { auth: auth_dyn.clone(), bus: bus_dyn.clone(), routes: Arc::new(routes.clone()) };
+    let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
+    let thing: Arc<dyn ThingService> = Arc::new(thing_service(&config, bus_dyn.clone(), routes_dyn.clone()).await?);
+    let deps = EdgeDeps { auth: auth_dyn.clone(), thing, bus: bus_dyn.clone(), routes: routes_dyn };
     let edge = Edge::start(edge_config, deps).await?;
     let health = health(&config, vec![nats_check(bus), redis_check(routes.clone())]).await?;
 
@@ -196,11 +214,28 @@ async fn keep_routes(
 async fn run_gateway(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let routes = connect_routes(&config).await?;
     let auth = auth_client(&config)?;
-    let deps = GatewayDeps { auth: Arc::new(auth.clone()), routes: Arc::new(routes.clone()) };
+    let bus: Arc<dyn Bus> = Arc::new(connect_bus(&config).await?);
+    let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
+    let thing: Arc<dyn ThingService> = Arc::new(thing_service(&config, bus, routes_dyn.clone()).await?);
+    let deps = GatewayDeps { auth: Arc::new(auth.clone()), thing, routes: routes_dyn };
     let gateway = Gateway::start(config.gateway.http_addr, deps).await?;
     let health = health(&config, vec![redis_check(routes), auth_check(auth)]).await?;
     shutdown.await;
     gateway.stop().await;
+    health.stop();
+    Ok(())
+}
+
+/// The thing role: keeps the latest properties from the bus (consumer group `thing`).
+async fn run_thing(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let bus = connect_bus(&config).await?;
+    let routes = connect_routes(&config).await?;
+    let store = connect_kv(&config).await?;
+    let thing = Thing::new(Arc::new(store.clone()), Arc::new(bus.clone()), Arc::new(routes.clone()));
+    let keeper = thing.keep_latest_properties().await.context("cannot join the thing consumer group")?;
+    let health = health(&config, vec![nats_check(bus), kv_check(store), redis_check(routes)]).await?;
+    shutdown.await;
+    keeper.abort();
     health.stop();
     Ok(())
 }

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use tether_auth::Auth;
 use tether_bus::{Bus, InProcessBus};
-use tether_contract::{AuthService, now_ms};
+use tether_contract::{AuthService, ThingService, now_ms};
 use tether_edge::{Edge, EdgeConfig, EdgeDeps};
 use tether_gateway::{Gateway, GatewayDeps};
 use tether_store::{FjallStore, KvStore, LocalRoutes, SessionRoutes};
+use tether_thing::Thing;
 
 pub mod cluster;
 pub mod config;
@@ -46,6 +47,8 @@ pub struct Platform {
     edge: Edge,
     gateway: Gateway,
     routes: LocalRoutes,
+    /// Keeps the latest properties from the bus.
+    property_keeper: tokio::task::JoinHandle<()>,
     store: std::sync::Weak<dyn KvStore>,
 }
 
@@ -82,6 +85,9 @@ impl Platform {
         let store_ref = Arc::downgrade(&store);
         let routes = LocalRoutes::open(store, now_ms()).await?;
         let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
+        let thing = Thing::new(store.clone(), bus_dyn.clone(), routes_dyn.clone());
+        let property_keeper = thing.keep_latest_properties().await?;
+        let thing: Arc<dyn ThingService> = Arc::new(thing);
 
         let edge_config = EdgeConfig {
             mqtt_addr: config.mqtt_addr,
@@ -90,16 +96,17 @@ impl Platform {
             workers: config.mqtt_workers,
             server_reference: None,
         };
-        let edge_deps = EdgeDeps { auth: auth.clone(), bus: bus_dyn, routes: routes_dyn.clone() };
+        let edge_deps = EdgeDeps { auth: auth.clone(), thing: thing.clone(), bus: bus_dyn, routes: routes_dyn.clone() };
         let edge = Edge::start(edge_config, edge_deps).await?;
-        let gateway = match Gateway::start(config.http_addr, GatewayDeps { auth, routes: routes_dyn }).await {
+        let gateway = match Gateway::start(config.http_addr, GatewayDeps { auth, thing, routes: routes_dyn }).await {
             Ok(gateway) => gateway,
             Err(error) => {
                 edge.stop().await;
+                property_keeper.abort();
                 return Err(error.into());
             }
         };
-        Ok(Self { admin_key, admin_key_source, bus, edge, gateway, routes, store: store_ref })
+        Ok(Self { admin_key, admin_key_source, bus, edge, gateway, routes, property_keeper, store: store_ref })
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {
@@ -112,9 +119,11 @@ impl Platform {
 
     /// Disconnects every device, records it OFFLINE, stops the listeners and closes the store.
     pub async fn stop(self) {
-        let Self { edge, gateway, routes, store, .. } = self;
+        let Self { edge, gateway, routes, property_keeper, store, .. } = self;
         edge.stop().await;
         gateway.stop().await;
+        property_keeper.abort();
+        let _ = property_keeper.await;
         routes.close().await;
         // Every service lets go of the store as it stops: wait for fjall to sync and unlock, so
         // the data directory can be opened again at once.

@@ -53,6 +53,51 @@ pub fn property_post(
     with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Property), body, topic, received_at)
 }
 
+/// An event post (`thing/event/{identifier}/post`): `value` holds the event's output data;
+/// `name` and `event_type` come from the thing model (empty and `info` without one).
+pub struct EventPost<'a> {
+    pub identifier: &'a str,
+    pub name: &'a str,
+    pub event_type: &'a str,
+    pub value: Value,
+    /// The device's `time`, else when it arrived.
+    pub time: i64,
+}
+
+/// An event post in Aliyun's forwarded shape.
+pub fn event_post(origin: Origin<'_>, request_id: &str, event: EventPost<'_>, received_at: i64) -> BusMessage {
+    let body = json!({
+        "identifier": event.identifier,
+        "name": event.name,
+        "type": event.event_type,
+        "iotId": origin.iot_id,
+        "requestId": request_id,
+        "productKey": origin.device.product_key,
+        "deviceName": origin.device.device_name,
+        "gmtCreate": received_at,
+        "value": event.value,
+        "time": event.time,
+    });
+    let topic =
+        format!("/{}/{}/thing/event/{}/post", origin.device.product_key, origin.device.device_name, event.identifier);
+    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Event), body, topic, received_at)
+}
+
+/// A tag change (`thing/deviceinfo/update|delete`): `operation` is `UPDATE` or `DELETE`, `items`
+/// the `{attrKey, attrValue}` pairs (keys only for a delete).
+pub fn tags(origin: Origin<'_>, operation: &str, items: Value, at: i64) -> BusMessage {
+    let body = json!({
+        "iotId": origin.iot_id,
+        "productKey": origin.device.product_key,
+        "deviceName": origin.device.device_name,
+        "operation": operation,
+        "items": items,
+        "gmtCreate": at,
+    });
+    let topic = format!("/{}/{}/thing/deviceinfo/update", origin.device.product_key, origin.device.device_name);
+    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Tags), body, topic, at)
+}
+
 /// An online/offline transition (`/as/mqtt/status/{pk}/{dn}`); `last_time` orders flaps.
 pub fn status(origin: Origin<'_>, online: bool, at: i64, client_ip: &str) -> BusMessage {
     let body = json!({
@@ -68,6 +113,48 @@ pub fn status(origin: Origin<'_>, online: bool, at: i64, client_ip: &str) -> Bus
     });
     let topic = format!("/as/mqtt/status/{}/{}", origin.device.product_key, origin.device.device_name);
     with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Status), body, topic, at)
+}
+
+/// What happened to a gateway's topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopoAction {
+    Add,
+    Remove,
+}
+
+impl TopoAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Add => "add",
+            Self::Remove => "remove",
+        }
+    }
+}
+
+/// Sub-devices attached to or detached from a gateway (`/{pk}/{dn}/thing/topo/lifecycle`, about
+/// the gateway); `devices` are the sub-devices with their iot ids.
+pub fn topo_lifecycle<'a>(
+    gateway: Origin<'_>,
+    action: TopoAction,
+    devices: impl IntoIterator<Item = (&'a DeviceKey, &'a str)>,
+    at: i64,
+) -> BusMessage {
+    let devices: Vec<Value> = devices
+        .into_iter()
+        .map(|(device, iot_id)| {
+            json!({ "iotId": iot_id, "productKey": device.product_key, "deviceName": device.device_name })
+        })
+        .collect();
+    let body = json!({
+        "action": action.as_str(),
+        "gwIotId": gateway.iot_id,
+        "gwProductKey": gateway.device.product_key,
+        "gwDeviceName": gateway.device.device_name,
+        "devices": devices,
+        "messageCreateTime": at,
+    });
+    let topic = format!("/{}/{}/thing/topo/lifecycle", gateway.device.product_key, gateway.device.device_name);
+    with_headers(subject::uplink(gateway.tenant, gateway.device, UplinkKind::Topo), body, topic, at)
 }
 
 /// A property value as `(value, time)`: `{value, time}` objects are unwrapped.

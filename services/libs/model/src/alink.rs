@@ -17,10 +17,23 @@ pub enum AlinkCode {
     RequestError,
     TooManyRequests,
     ParamError,
+    /// A sub-device's sign (topo add, combine login) does not match.
+    SignFailed,
     DeviceNotFound,
     TooManyProperties,
+    /// The thing model could not be read (Aliyun's 6313).
+    ThingModelUnavailable,
     TopicParseFailed,
     DeviceDisabled,
+    ProductNotFound,
+    /// A sub-device name a gateway sent is not a valid device name.
+    BadSubDeviceName,
+    /// The gateway has as many sub-devices as allowed.
+    TooManySubDevices,
+    /// The sub-device is not in the gateway's topology.
+    TopoRelationNotFound,
+    /// A gateway named itself as its sub-device.
+    TopoRelationSelf,
     SystemError,
 }
 
@@ -78,10 +91,17 @@ impl AlinkCode {
             Self::RequestError => 400,
             Self::TooManyRequests => 429,
             Self::ParamError => 460,
+            Self::SignFailed => 401,
             Self::DeviceNotFound => 6100,
             Self::TooManyProperties => 6106,
+            Self::ThingModelUnavailable => 6313,
             Self::TopicParseFailed => 6203,
             Self::DeviceDisabled => 6204,
+            Self::ProductNotFound => 6250,
+            Self::BadSubDeviceName => 6280,
+            Self::TooManySubDevices => 6400,
+            Self::TopoRelationNotFound => 6401,
+            Self::TopoRelationSelf => 6402,
             Self::SystemError => 6760,
         }
     }
@@ -93,10 +113,17 @@ impl AlinkCode {
             Self::RequestError => "request error",
             Self::TooManyRequests => "too many requests",
             Self::ParamError => "request parameter error",
+            Self::SignFailed => "sign check failed",
             Self::DeviceNotFound => "device not found",
             Self::TooManyProperties => "too many properties in one post",
+            Self::ThingModelUnavailable => "thing model service unavailable",
             Self::TopicParseFailed => "topic parse failed",
             Self::DeviceDisabled => "device disabled",
+            Self::ProductNotFound => "product not found",
+            Self::BadSubDeviceName => "invalid sub-device name",
+            Self::TooManySubDevices => "too many sub-devices on the gateway",
+            Self::TopoRelationNotFound => "topo relation does not exist",
+            Self::TopoRelationSelf => "a gateway cannot be its own sub-device",
             Self::SystemError => "system error",
         }
     }
