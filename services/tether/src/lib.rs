@@ -83,7 +83,7 @@ impl Platform {
         let bus_dyn: Arc<dyn Bus> = bus.clone();
         let auth: Arc<dyn AuthService> = Arc::new(Auth::open(store.clone(), bus_dyn.clone(), &admin_key).await?);
         let store_ref = Arc::downgrade(&store);
-        let routes = LocalRoutes::open(store, now_ms()).await?;
+        let routes = LocalRoutes::open(store.clone(), now_ms()).await?;
         let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
         let thing = Thing::new(store.clone(), bus_dyn.clone(), routes_dyn.clone());
         let property_keeper = thing.keep_latest_properties().await?;
