@@ -270,6 +270,83 @@ pub mod authenticate_device_response {
     }
 }
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeviceKey {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+/// A sub-device's sign over clientId, deviceName, productKey and timestamp, with its own secret.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubDeviceSign {
+    #[prost(message, optional, tag = "1")]
+    pub device: ::core::option::Option<DeviceKey>,
+    #[prost(string, tag = "2")]
+    pub client_id: ::prost::alloc::string::String,
+    #[prost(string, optional, tag = "3")]
+    pub timestamp: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(enumeration = "SignMethod", tag = "4")]
+    pub sign_method: i32,
+    #[prost(string, tag = "5")]
+    pub sign: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubDevice {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub iot_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SubDeviceList {
+    #[prost(message, repeated, tag = "1")]
+    pub sub_devices: ::prost::alloc::vec::Vec<SubDevice>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AddTopologyRequest {
+    #[prost(message, optional, tag = "1")]
+    pub gateway: ::core::option::Option<DeviceRef>,
+    #[prost(message, repeated, tag = "2")]
+    pub sub_devices: ::prost::alloc::vec::Vec<SubDeviceSign>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RemoveTopologyRequest {
+    #[prost(message, optional, tag = "1")]
+    pub gateway: ::core::option::Option<DeviceRef>,
+    #[prost(message, repeated, tag = "2")]
+    pub sub_devices: ::prost::alloc::vec::Vec<DeviceKey>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RegisterSubDevicesRequest {
+    #[prost(message, optional, tag = "1")]
+    pub gateway: ::core::option::Option<DeviceRef>,
+    #[prost(message, repeated, tag = "2")]
+    pub sub_devices: ::prost::alloc::vec::Vec<DeviceKey>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RegisterSubDevicesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub devices: ::prost::alloc::vec::Vec<Device>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LoginSubDeviceRequest {
+    #[prost(message, optional, tag = "1")]
+    pub gateway: ::core::option::Option<DeviceRef>,
+    #[prost(message, optional, tag = "2")]
+    pub sign: ::core::option::Option<SubDeviceSign>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum NodeType {
@@ -418,6 +495,39 @@ impl DeviceRefusal {
             "DEVICE_REFUSAL_UNKNOWN_DEVICE" => Some(Self::UnknownDevice),
             "DEVICE_REFUSAL_DISABLED" => Some(Self::Disabled),
             "DEVICE_REFUSAL_BAD_SIGN" => Some(Self::BadSign),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum SignMethod {
+    Unspecified = 0,
+    HmacMd5 = 1,
+    HmacSha1 = 2,
+    HmacSha256 = 3,
+}
+impl SignMethod {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "SIGN_METHOD_UNSPECIFIED",
+            Self::HmacMd5 => "SIGN_METHOD_HMAC_MD5",
+            Self::HmacSha1 => "SIGN_METHOD_HMAC_SHA1",
+            Self::HmacSha256 => "SIGN_METHOD_HMAC_SHA256",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SIGN_METHOD_UNSPECIFIED" => Some(Self::Unspecified),
+            "SIGN_METHOD_HMAC_MD5" => Some(Self::HmacMd5),
+            "SIGN_METHOD_HMAC_SHA1" => Some(Self::HmacSha1),
+            "SIGN_METHOD_HMAC_SHA256" => Some(Self::HmacSha256),
             _ => None,
         }
     }
@@ -882,6 +992,116 @@ pub mod auth_client {
                 .insert(GrpcMethod::new("tether.v1.Auth", "AuthenticateDevice"));
             self.inner.unary(req, path, codec).await
         }
+        /// Gateway topology and sub-device logins. A refusal is an error status whose details carry
+        /// the service's topology error (with the Alink code the gateway is answered with).
+        pub async fn add_topology(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AddTopologyRequest>,
+        ) -> std::result::Result<tonic::Response<super::SubDeviceList>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Auth/AddTopology",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Auth", "AddTopology"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn remove_topology(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RemoveTopologyRequest>,
+        ) -> std::result::Result<tonic::Response<super::SubDeviceList>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Auth/RemoveTopology",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Auth", "RemoveTopology"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_topology(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeviceRef>,
+        ) -> std::result::Result<tonic::Response<super::SubDeviceList>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Auth/GetTopology",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Auth", "GetTopology"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn register_sub_devices(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RegisterSubDevicesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RegisterSubDevicesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Auth/RegisterSubDevices",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Auth", "RegisterSubDevices"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn login_sub_device(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LoginSubDeviceRequest>,
+        ) -> std::result::Result<tonic::Response<super::DeviceSession>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Auth/LoginSubDevice",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Auth", "LoginSubDevice"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -982,6 +1202,31 @@ pub mod auth_server {
             tonic::Response<super::AuthenticateDeviceResponse>,
             tonic::Status,
         >;
+        /// Gateway topology and sub-device logins. A refusal is an error status whose details carry
+        /// the service's topology error (with the Alink code the gateway is answered with).
+        async fn add_topology(
+            &self,
+            request: tonic::Request<super::AddTopologyRequest>,
+        ) -> std::result::Result<tonic::Response<super::SubDeviceList>, tonic::Status>;
+        async fn remove_topology(
+            &self,
+            request: tonic::Request<super::RemoveTopologyRequest>,
+        ) -> std::result::Result<tonic::Response<super::SubDeviceList>, tonic::Status>;
+        async fn get_topology(
+            &self,
+            request: tonic::Request<super::DeviceRef>,
+        ) -> std::result::Result<tonic::Response<super::SubDeviceList>, tonic::Status>;
+        async fn register_sub_devices(
+            &self,
+            request: tonic::Request<super::RegisterSubDevicesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RegisterSubDevicesResponse>,
+            tonic::Status,
+        >;
+        async fn login_sub_device(
+            &self,
+            request: tonic::Request<super::LoginSubDeviceRequest>,
+        ) -> std::result::Result<tonic::Response<super::DeviceSession>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AuthServer<T> {
@@ -1802,6 +2047,227 @@ pub mod auth_server {
                     };
                     Box::pin(fut)
                 }
+                "/tether.v1.Auth/AddTopology" => {
+                    #[allow(non_camel_case_types)]
+                    struct AddTopologySvc<T: Auth>(pub Arc<T>);
+                    impl<T: Auth> tonic::server::UnaryService<super::AddTopologyRequest>
+                    for AddTopologySvc<T> {
+                        type Response = super::SubDeviceList;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AddTopologyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Auth>::add_topology(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AddTopologySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Auth/RemoveTopology" => {
+                    #[allow(non_camel_case_types)]
+                    struct RemoveTopologySvc<T: Auth>(pub Arc<T>);
+                    impl<
+                        T: Auth,
+                    > tonic::server::UnaryService<super::RemoveTopologyRequest>
+                    for RemoveTopologySvc<T> {
+                        type Response = super::SubDeviceList;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RemoveTopologyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Auth>::remove_topology(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RemoveTopologySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Auth/GetTopology" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetTopologySvc<T: Auth>(pub Arc<T>);
+                    impl<T: Auth> tonic::server::UnaryService<super::DeviceRef>
+                    for GetTopologySvc<T> {
+                        type Response = super::SubDeviceList;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeviceRef>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Auth>::get_topology(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetTopologySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Auth/RegisterSubDevices" => {
+                    #[allow(non_camel_case_types)]
+                    struct RegisterSubDevicesSvc<T: Auth>(pub Arc<T>);
+                    impl<
+                        T: Auth,
+                    > tonic::server::UnaryService<super::RegisterSubDevicesRequest>
+                    for RegisterSubDevicesSvc<T> {
+                        type Response = super::RegisterSubDevicesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RegisterSubDevicesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Auth>::register_sub_devices(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RegisterSubDevicesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Auth/LoginSubDevice" => {
+                    #[allow(non_camel_case_types)]
+                    struct LoginSubDeviceSvc<T: Auth>(pub Arc<T>);
+                    impl<
+                        T: Auth,
+                    > tonic::server::UnaryService<super::LoginSubDeviceRequest>
+                    for LoginSubDeviceSvc<T> {
+                        type Response = super::DeviceSession;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LoginSubDeviceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Auth>::login_sub_device(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = LoginSubDeviceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -1839,6 +2305,1101 @@ pub mod auth_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "tether.v1.Auth";
     impl<T> tonic::server::NamedService for AuthServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PutThingModelRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    /// The TSL as Aliyun writes it.
+    #[prost(string, tag = "2")]
+    pub tsl_json: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PutThingModelResponse {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetThingModelRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetThingModelResponse {
+    #[prost(string, optional, tag = "1")]
+    pub tsl_json: ::core::option::Option<::prost::alloc::string::String>,
+}
+/// A property value (any JSON value) with the time it was measured, in ms since the epoch.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TimedValue {
+    #[prost(string, tag = "1")]
+    pub value_json: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub time: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LatestPropertiesRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct LatestPropertiesResponse {
+    #[prost(map = "string, message", tag = "1")]
+    pub properties: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        TimedValue,
+    >,
+}
+/// Aliyun's `{attrKey, attrValue}`.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeviceTag {
+    #[prost(string, tag = "1")]
+    pub attr_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub attr_value: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TagsRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TagsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub tags: ::prost::alloc::vec::Vec<DeviceTag>,
+}
+/// A desired property value (any JSON value), its version and when it was set.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DesiredValue {
+    #[prost(string, tag = "1")]
+    pub value_json: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub version: i64,
+    #[prost(int64, tag = "3")]
+    pub time: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DesiredPropertiesRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DesiredPropertiesResponse {
+    #[prost(map = "string, message", tag = "1")]
+    pub properties: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        DesiredValue,
+    >,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetDesiredPropertiesRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+    /// A JSON object: property identifier → value.
+    #[prost(string, tag = "3")]
+    pub items_json: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetShadowRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetShadowResponse {
+    #[prost(string, optional, tag = "1")]
+    pub document_json: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpdateShadowRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+    /// A JSON object: the desired state.
+    #[prost(string, tag = "3")]
+    pub desired_json: ::prost::alloc::string::String,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpdateShadowResponse {
+    /// The stored shadow document.
+    #[prost(string, tag = "1")]
+    pub document_json: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeviceRequestRequest {
+    /// The identity the edge authenticated.
+    #[prost(string, tag = "1")]
+    pub tenant_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub device_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub iot_id: ::prost::alloc::string::String,
+    /// The PUBLISH topic, as sent, and its payload.
+    #[prost(string, tag = "5")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "6")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+}
+/// A message for a device: the answer to its request, or a push.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeviceMessage {
+    #[prost(string, tag = "1")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeviceRequestResponse {
+    /// Absent when the request has no answer.
+    #[prost(message, optional, tag = "1")]
+    pub message: ::core::option::Option<DeviceMessage>,
+}
+/// Generated client implementations.
+pub mod thing_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct ThingClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl ThingClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> ThingClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> ThingClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            ThingClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Stores a product's thing model, replacing the previous one (edges drop their cached copy).
+        pub async fn put_thing_model(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PutThingModelRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PutThingModelResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Thing/PutThingModel",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Thing", "PutThingModel"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A product's thing model; no `tsl_json` when it has none.
+        pub async fn get_thing_model(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetThingModelRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetThingModelResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Thing/GetThingModel",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Thing", "GetThingModel"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The latest value of each property the device reported.
+        pub async fn latest_properties(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LatestPropertiesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::LatestPropertiesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Thing/LatestProperties",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Thing", "LatestProperties"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The device's tags, in key order.
+        pub async fn tags(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TagsRequest>,
+        ) -> std::result::Result<tonic::Response<super::TagsResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tether.v1.Thing/Tags");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tether.v1.Thing", "Tags"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The desired property values set for the device.
+        pub async fn desired_properties(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DesiredPropertiesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DesiredPropertiesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Thing/DesiredProperties",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Thing", "DesiredProperties"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Sets desired values; each identifier's version goes up by one. Answers all desired values.
+        pub async fn set_desired_properties(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetDesiredPropertiesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DesiredPropertiesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Thing/SetDesiredProperties",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Thing", "SetDesiredProperties"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The device's shadow document; no `document_json` when it never had one.
+        pub async fn get_shadow(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetShadowRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetShadowResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Thing/GetShadow",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tether.v1.Thing", "GetShadow"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Sets the shadow's desired state with Aliyun's version rule (the version must exceed the
+        /// stored one; -1 resets) and pushes `control` to the device if online.
+        pub async fn update_shadow(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UpdateShadowRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UpdateShadowResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Thing/UpdateShadow",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Thing", "UpdateShadow"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Answers a device's request on a topic the thing service owns (tags, desired properties,
+        /// thing model fetch, shadow).
+        pub async fn device_request(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeviceRequestRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeviceRequestResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Thing/DeviceRequest",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Thing", "DeviceRequest"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod thing_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with ThingServer.
+    #[async_trait]
+    pub trait Thing: std::marker::Send + std::marker::Sync + 'static {
+        /// Stores a product's thing model, replacing the previous one (edges drop their cached copy).
+        async fn put_thing_model(
+            &self,
+            request: tonic::Request<super::PutThingModelRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PutThingModelResponse>,
+            tonic::Status,
+        >;
+        /// A product's thing model; no `tsl_json` when it has none.
+        async fn get_thing_model(
+            &self,
+            request: tonic::Request<super::GetThingModelRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetThingModelResponse>,
+            tonic::Status,
+        >;
+        /// The latest value of each property the device reported.
+        async fn latest_properties(
+            &self,
+            request: tonic::Request<super::LatestPropertiesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::LatestPropertiesResponse>,
+            tonic::Status,
+        >;
+        /// The device's tags, in key order.
+        async fn tags(
+            &self,
+            request: tonic::Request<super::TagsRequest>,
+        ) -> std::result::Result<tonic::Response<super::TagsResponse>, tonic::Status>;
+        /// The desired property values set for the device.
+        async fn desired_properties(
+            &self,
+            request: tonic::Request<super::DesiredPropertiesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DesiredPropertiesResponse>,
+            tonic::Status,
+        >;
+        /// Sets desired values; each identifier's version goes up by one. Answers all desired values.
+        async fn set_desired_properties(
+            &self,
+            request: tonic::Request<super::SetDesiredPropertiesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DesiredPropertiesResponse>,
+            tonic::Status,
+        >;
+        /// The device's shadow document; no `document_json` when it never had one.
+        async fn get_shadow(
+            &self,
+            request: tonic::Request<super::GetShadowRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetShadowResponse>,
+            tonic::Status,
+        >;
+        /// Sets the shadow's desired state with Aliyun's version rule (the version must exceed the
+        /// stored one; -1 resets) and pushes `control` to the device if online.
+        async fn update_shadow(
+            &self,
+            request: tonic::Request<super::UpdateShadowRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UpdateShadowResponse>,
+            tonic::Status,
+        >;
+        /// Answers a device's request on a topic the thing service owns (tags, desired properties,
+        /// thing model fetch, shadow).
+        async fn device_request(
+            &self,
+            request: tonic::Request<super::DeviceRequestRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeviceRequestResponse>,
+            tonic::Status,
+        >;
+    }
+    #[derive(Debug)]
+    pub struct ThingServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> ThingServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for ThingServer<T>
+    where
+        T: Thing,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/tether.v1.Thing/PutThingModel" => {
+                    #[allow(non_camel_case_types)]
+                    struct PutThingModelSvc<T: Thing>(pub Arc<T>);
+                    impl<
+                        T: Thing,
+                    > tonic::server::UnaryService<super::PutThingModelRequest>
+                    for PutThingModelSvc<T> {
+                        type Response = super::PutThingModelResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PutThingModelRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Thing>::put_thing_model(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PutThingModelSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Thing/GetThingModel" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetThingModelSvc<T: Thing>(pub Arc<T>);
+                    impl<
+                        T: Thing,
+                    > tonic::server::UnaryService<super::GetThingModelRequest>
+                    for GetThingModelSvc<T> {
+                        type Response = super::GetThingModelResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetThingModelRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Thing>::get_thing_model(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetThingModelSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Thing/LatestProperties" => {
+                    #[allow(non_camel_case_types)]
+                    struct LatestPropertiesSvc<T: Thing>(pub Arc<T>);
+                    impl<
+                        T: Thing,
+                    > tonic::server::UnaryService<super::LatestPropertiesRequest>
+                    for LatestPropertiesSvc<T> {
+                        type Response = super::LatestPropertiesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LatestPropertiesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Thing>::latest_properties(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = LatestPropertiesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Thing/Tags" => {
+                    #[allow(non_camel_case_types)]
+                    struct TagsSvc<T: Thing>(pub Arc<T>);
+                    impl<T: Thing> tonic::server::UnaryService<super::TagsRequest>
+                    for TagsSvc<T> {
+                        type Response = super::TagsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TagsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Thing>::tags(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TagsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Thing/DesiredProperties" => {
+                    #[allow(non_camel_case_types)]
+                    struct DesiredPropertiesSvc<T: Thing>(pub Arc<T>);
+                    impl<
+                        T: Thing,
+                    > tonic::server::UnaryService<super::DesiredPropertiesRequest>
+                    for DesiredPropertiesSvc<T> {
+                        type Response = super::DesiredPropertiesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DesiredPropertiesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Thing>::desired_properties(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DesiredPropertiesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Thing/SetDesiredProperties" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetDesiredPropertiesSvc<T: Thing>(pub Arc<T>);
+                    impl<
+                        T: Thing,
+                    > tonic::server::UnaryService<super::SetDesiredPropertiesRequest>
+                    for SetDesiredPropertiesSvc<T> {
+                        type Response = super::DesiredPropertiesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetDesiredPropertiesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Thing>::set_desired_properties(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetDesiredPropertiesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Thing/GetShadow" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetShadowSvc<T: Thing>(pub Arc<T>);
+                    impl<T: Thing> tonic::server::UnaryService<super::GetShadowRequest>
+                    for GetShadowSvc<T> {
+                        type Response = super::GetShadowResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetShadowRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Thing>::get_shadow(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetShadowSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Thing/UpdateShadow" => {
+                    #[allow(non_camel_case_types)]
+                    struct UpdateShadowSvc<T: Thing>(pub Arc<T>);
+                    impl<
+                        T: Thing,
+                    > tonic::server::UnaryService<super::UpdateShadowRequest>
+                    for UpdateShadowSvc<T> {
+                        type Response = super::UpdateShadowResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UpdateShadowRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Thing>::update_shadow(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UpdateShadowSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Thing/DeviceRequest" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeviceRequestSvc<T: Thing>(pub Arc<T>);
+                    impl<
+                        T: Thing,
+                    > tonic::server::UnaryService<super::DeviceRequestRequest>
+                    for DeviceRequestSvc<T> {
+                        type Response = super::DeviceRequestResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeviceRequestRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Thing>::device_request(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeviceRequestSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for ThingServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "tether.v1.Thing";
+    impl<T> tonic::server::NamedService for ThingServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

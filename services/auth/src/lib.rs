@@ -2,11 +2,14 @@
 //! sign check at CONNECT.
 //!
 //! The registry lives in the [`KvStore`] (keys `tenant/..`, `apikey/..`, `product/..`,
-//! `device/..`); a copy is kept in memory, so sign checks at CONNECT never touch disk. Every
-//! device lifecycle change is published on the bus (Aliyun's `thing/lifecycle` shape), which is
-//! how edges learn to disconnect a disabled or deleted device.
+//! `device/..`, and the gateway topology under `gateway-of/..` and `topo/..`); a copy is kept in
+//! memory, so sign checks at CONNECT never touch disk. Every device lifecycle change is
+//! published on the bus (Aliyun's `thing/lifecycle` shape), which is how edges learn to
+//! disconnect a disabled or deleted device; topology changes are published in Aliyun's
+//! `thing/topo/lifecycle` shape.
 
 mod secrets;
+mod topology;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use serde_json::json;
 use tether_bus::{Bus, BusMessage, subject};
 use tether_contract::{
     AuthService, Caller, Device, DeviceAuthError, DeviceCredentials, DeviceSession, IssuedApiKey, NewDevice,
-    NewProduct, Page, Product, ServiceError, Tenant, now_ms,
+    NewProduct, Page, Product, ServiceError, SubDevice, SubDeviceSign, Tenant, TopologyError, now_ms,
 };
 use tether_model::{DeviceKey, DeviceName, MqttClientId, ProductKey, SignParams, TenantId, TopicClass};
 use tether_store::{Expect, KvStore, StoreError};
@@ -46,6 +49,7 @@ struct Registry {
     api_keys: HashMap<String, ApiKeyRecord>,
     products: BTreeMap<ProductKey, Product>,
     devices: BTreeMap<DeviceKey, Device>,
+    topology: topology::Topology,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +78,9 @@ impl Registry {
         for device in load::<Device>(store, "device/").await? {
             let key = DeviceKey::new(device.product_key.clone(), device.device_name.clone());
             registry.devices.insert(key, device);
+        }
+        for record in load::<topology::TopoRecord>(store, topology::GATEWAY_OF).await? {
+            registry.topology.attach(record.sub_device, record.gateway);
         }
         Ok(registry)
     }
@@ -121,6 +128,13 @@ impl Auth {
                 Some(device) => registry.devices.insert(device_key, device),
                 None => registry.devices.remove(&device_key),
             };
+        } else if let Some(rest) = key.strip_prefix(topology::GATEWAY_OF) {
+            let Some((pk, dn)) = rest.split_once('/') else { return Ok(()) };
+            let Ok(sub) = DeviceKey::parse(pk, dn) else { return Ok(()) };
+            match value.and_then(|v| serde_json::from_slice::<topology::TopoRecord>(v).ok()) {
+                Some(record) => registry.topology.attach(sub, record.gateway),
+                None => registry.topology.detach(&sub),
+            }
         }
         Ok(())
     }
@@ -397,6 +411,7 @@ impl AuthService for Auth {
 
     async fn delete_device(&self, tenant: &TenantId, device: &DeviceKey) -> Result<(), ServiceError> {
         let record = self.device_of(tenant, device)?;
+        self.forget_topology(&record).await?;
         self.store.delete(&device_key(device), Expect::Any).await.map_err(store_error)?;
         self.registry.write().devices.remove(device);
         self.publish_lifecycle(&record, "delete").await;
@@ -450,6 +465,46 @@ impl AuthService for Auth {
             node_type: product.node_type,
             topic_classes: product.topic_classes.clone(),
         })
+    }
+
+    async fn add_topology(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sub_devices: Vec<SubDeviceSign>,
+    ) -> Result<Vec<SubDevice>, TopologyError> {
+        self.add_topology_impl(tenant, gateway, sub_devices).await
+    }
+
+    async fn remove_topology(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sub_devices: Vec<DeviceKey>,
+    ) -> Result<Vec<SubDevice>, TopologyError> {
+        self.remove_topology_impl(tenant, gateway, sub_devices).await
+    }
+
+    async fn topology(&self, tenant: &TenantId, gateway: &DeviceKey) -> Result<Vec<SubDevice>, TopologyError> {
+        self.topology_impl(tenant, gateway)
+    }
+
+    async fn register_sub_devices(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sub_devices: Vec<DeviceKey>,
+    ) -> Result<Vec<Device>, TopologyError> {
+        self.register_sub_devices_impl(tenant, gateway, sub_devices).await
+    }
+
+    async fn login_sub_device(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sign: SubDeviceSign,
+    ) -> Result<DeviceSession, TopologyError> {
+        self.login_sub_device_impl(tenant, gateway, &sign)
     }
 }
 

@@ -7,7 +7,7 @@ use tether_auth::{Auth, DEFAULT_TENANT};
 use tether_bus::InProcessBus;
 use tether_contract::{
     AuthGrpcClient, AuthGrpcServer, AuthService, DataFormat, DeviceAuthError, DeviceCredentials, Dialect, NewDevice,
-    NewProduct, NodeType, ServiceError,
+    NewProduct, NodeType, ServiceError, SubDevice, SubDeviceSign, TopologyError,
 };
 use tether_model::{DeviceKey, ProductKey, SignMethod, SignParams, TenantId};
 use tether_store::{FjallStore, KvStore};
@@ -71,4 +71,62 @@ async fn registry_and_errors_cross_the_wire_intact() {
     assert_eq!(client.authenticate_device(sign("nope")).await, Err(DeviceAuthError::BadSign));
     client.set_device_enabled(&tenant, &key, false).await.unwrap();
     assert_eq!(client.authenticate_device(sign(&device.device_secret)).await, Err(DeviceAuthError::Disabled));
+}
+
+#[tokio::test]
+async fn topology_and_its_alink_codes_cross_the_wire_intact() {
+    let (client, _dir) = serve().await;
+    let tenant = TenantId::new(DEFAULT_TENANT).unwrap();
+    let product = |pk: &str, node_type| NewProduct {
+        name: pk.into(),
+        product_key: Some(ProductKey::new(pk).unwrap()),
+        node_type,
+        data_format: DataFormat::Alink,
+        dialect: Dialect::Alink,
+    };
+    let gw = client.create_product(&tenant, product("gw", NodeType::Gateway)).await.unwrap().product_key;
+    let lamp = client.create_product(&tenant, product("lamp", NodeType::Device)).await.unwrap().product_key;
+    let gateway = client.register_device(&tenant, &gw, NewDevice::default()).await.unwrap();
+    let gateway = DeviceKey::new(gateway.product_key, gateway.device_name);
+
+    // Registered through the gateway, with secrets in the answer.
+    let wanted = DeviceKey::parse("lamp", "s1").unwrap();
+    let registered = client.register_sub_devices(&tenant, &gateway, vec![wanted.clone()]).await.unwrap();
+    let sub = &registered[0];
+    assert_eq!((&sub.product_key, sub.device_secret.len()), (&lamp, 32));
+
+    let sign = |secret: &str, method: SignMethod| {
+        let params = SignParams {
+            client_id: "lamp&s1",
+            device_name: "s1",
+            product_key: "lamp",
+            timestamp: Some("1524448722000"),
+        };
+        SubDeviceSign {
+            device: wanted.clone(),
+            client_id: "lamp&s1".into(),
+            timestamp: Some("1524448722000".into()),
+            sign_method: method,
+            sign: method.sign(secret, &params),
+        }
+    };
+    let not_yet = client.login_sub_device(&tenant, &gateway, sign(&sub.device_secret, SignMethod::HmacMd5)).await;
+    assert_eq!(not_yet.unwrap_err(), TopologyError::NoRelation { device: wanted.clone() });
+
+    let added = client.add_topology(&tenant, &gateway, vec![sign(&sub.device_secret, SignMethod::HmacSha1)]).await;
+    let expected =
+        vec![SubDevice { product_key: lamp, device_name: wanted.device_name.clone(), iot_id: sub.iot_id.clone() }];
+    assert_eq!(added.unwrap(), expected);
+    assert_eq!(client.topology(&tenant, &gateway).await.unwrap(), expected);
+
+    let bad = client.login_sub_device(&tenant, &gateway, sign("wrong", SignMethod::HmacSha256)).await.unwrap_err();
+    assert_eq!((bad.alink_code().as_u32(), bad), (401, TopologyError::BadSign { device: wanted.clone() }));
+    let session = client.login_sub_device(&tenant, &gateway, sign(&sub.device_secret, SignMethod::HmacSha256)).await;
+    let session = session.unwrap();
+    assert_eq!((session.device, session.iot_id, session.tenant), (wanted.clone(), sub.iot_id.clone(), tenant.clone()));
+
+    let own = client.remove_topology(&tenant, &gateway, vec![gateway.clone()]).await.unwrap_err();
+    assert_eq!(own.alink_code().as_u32(), 6402);
+    assert_eq!(client.remove_topology(&tenant, &gateway, vec![wanted.clone()]).await.unwrap(), expected);
+    assert!(client.topology(&tenant, &gateway).await.unwrap().is_empty());
 }

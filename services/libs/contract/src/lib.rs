@@ -10,7 +10,8 @@ pub mod thing;
 
 pub use auth::{
     AuthGrpcClient, AuthGrpcServer, AuthService, Caller, DataFormat, Device, DeviceAuthError, DeviceCredentials,
-    DeviceSession, Dialect, IssuedApiKey, NewDevice, NewProduct, NodeType, Page, Product, Tenant,
+    DeviceSession, Dialect, IssuedApiKey, MAX_SUB_DEVICES_PER_GATEWAY, MAX_SUB_DEVICES_PER_REQUEST, NewDevice,
+    NewProduct, NodeType, Page, Product, SubDevice, SubDeviceSign, Tenant, TopologyError,
 };
 pub use error::ServiceError;
 pub use thing::{

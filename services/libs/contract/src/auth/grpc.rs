@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::wire::{self, device_ref};
 use super::{
     AuthService, Caller, Device, DeviceAuthError, DeviceCredentials, DeviceSession, IssuedApiKey, NewDevice,
-    NewProduct, Page, Product, Tenant,
+    NewProduct, Page, Product, SubDevice, SubDeviceSign, Tenant, TopologyError,
 };
 use crate::ServiceError;
 
@@ -45,6 +45,19 @@ impl AuthGrpcClient {
 
 fn status(s: Status) -> ServiceError {
     ServiceError::from_status(&s)
+}
+
+fn topology_status(s: Status) -> TopologyError {
+    TopologyError::from_status(&s)
+}
+
+/// An answer from auth that does not convert is auth's fault, never the gateway's.
+fn topology_answer<T>(result: Result<T, ServiceError>) -> Result<T, TopologyError> {
+    result.map_err(|e| TopologyError::Unavailable { reason: format!("unreadable answer from auth: {e}") })
+}
+
+fn sub_devices(list: pb::SubDeviceList) -> Result<Vec<SubDevice>, TopologyError> {
+    topology_answer(list.sub_devices.into_iter().map(TryInto::try_into).collect())
 }
 
 #[async_trait]
@@ -201,6 +214,64 @@ impl AuthService for AuthGrpcClient {
             None => Err(DeviceAuthError::Unavailable("empty answer from auth".into())),
         }
     }
+
+    async fn add_topology(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sub_devices: Vec<SubDeviceSign>,
+    ) -> Result<Vec<SubDevice>, TopologyError> {
+        let request = pb::AddTopologyRequest {
+            gateway: Some(device_ref(tenant, gateway)),
+            sub_devices: sub_devices.into_iter().map(Into::into).collect(),
+        };
+        let response = self.client().add_topology(request).await.map_err(topology_status)?;
+        self::sub_devices(response.into_inner())
+    }
+
+    async fn remove_topology(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sub_devices: Vec<DeviceKey>,
+    ) -> Result<Vec<SubDevice>, TopologyError> {
+        let request = pb::RemoveTopologyRequest {
+            gateway: Some(device_ref(tenant, gateway)),
+            sub_devices: sub_devices.iter().map(wire::device_key_to_wire).collect(),
+        };
+        let response = self.client().remove_topology(request).await.map_err(topology_status)?;
+        self::sub_devices(response.into_inner())
+    }
+
+    async fn topology(&self, tenant: &TenantId, gateway: &DeviceKey) -> Result<Vec<SubDevice>, TopologyError> {
+        let response = self.client().get_topology(device_ref(tenant, gateway)).await.map_err(topology_status)?;
+        sub_devices(response.into_inner())
+    }
+
+    async fn register_sub_devices(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sub_devices: Vec<DeviceKey>,
+    ) -> Result<Vec<Device>, TopologyError> {
+        let request = pb::RegisterSubDevicesRequest {
+            gateway: Some(device_ref(tenant, gateway)),
+            sub_devices: sub_devices.iter().map(wire::device_key_to_wire).collect(),
+        };
+        let response = self.client().register_sub_devices(request).await.map_err(topology_status)?;
+        topology_answer(response.into_inner().devices.into_iter().map(TryInto::try_into).collect())
+    }
+
+    async fn login_sub_device(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sign: SubDeviceSign,
+    ) -> Result<DeviceSession, TopologyError> {
+        let request = pb::LoginSubDeviceRequest { gateway: Some(device_ref(tenant, gateway)), sign: Some(sign.into()) };
+        let response = self.client().login_sub_device(request).await.map_err(topology_status)?;
+        topology_answer(response.into_inner().try_into())
+    }
 }
 
 fn refusal(code: i32, reason: String) -> DeviceAuthError {
@@ -248,6 +319,26 @@ fn device_of(r: &pb::DeviceRef) -> Result<(TenantId, DeviceKey), Status> {
 
 fn tenant_of(raw: &str) -> Result<TenantId, Status> {
     wire::tenant_id(raw).map_err(|e| e.to_status())
+}
+
+/// A malformed topology request is refused as the topology error the client expects.
+fn topology_input(e: ServiceError) -> Status {
+    TopologyError::from(e).to_status()
+}
+
+fn gateway_of(r: Option<pb::DeviceRef>) -> Result<(TenantId, DeviceKey), Status> {
+    let r = r.ok_or_else(|| TopologyError::invalid("gateway", "missing").to_status())?;
+    let tenant = wire::tenant_id(&r.tenant_id).map_err(topology_input)?;
+    let gateway = wire::device_key(&r.product_key, &r.device_name).map_err(topology_input)?;
+    Ok((tenant, gateway))
+}
+
+fn device_keys(raw: Vec<pb::DeviceKey>) -> Result<Vec<DeviceKey>, Status> {
+    wire::device_keys(raw).map_err(topology_input)
+}
+
+fn sub_device_list(list: Vec<SubDevice>) -> pb::SubDeviceList {
+    pb::SubDeviceList { sub_devices: list.into_iter().map(Into::into).collect() }
 }
 
 #[async_trait]
@@ -393,5 +484,45 @@ impl pb::auth_server::Auth for AuthGrpcServer {
             }
         };
         Ok(Response::new(response))
+    }
+    async fn add_topology(&self, req: Request<pb::AddTopologyRequest>) -> GrpcResult<pb::SubDeviceList> {
+        let req = req.into_inner();
+        let (tenant, gateway) = gateway_of(req.gateway)?;
+        let signs = req.sub_devices.into_iter().map(TryInto::try_into).collect::<Result<_, ServiceError>>();
+        let list = self.inner.add_topology(&tenant, &gateway, signs.map_err(topology_input)?).await;
+        Ok(Response::new(sub_device_list(list.map_err(|e| e.to_status())?)))
+    }
+
+    async fn remove_topology(&self, req: Request<pb::RemoveTopologyRequest>) -> GrpcResult<pb::SubDeviceList> {
+        let req = req.into_inner();
+        let (tenant, gateway) = gateway_of(req.gateway)?;
+        let list = self.inner.remove_topology(&tenant, &gateway, device_keys(req.sub_devices)?).await;
+        Ok(Response::new(sub_device_list(list.map_err(|e| e.to_status())?)))
+    }
+
+    async fn get_topology(&self, req: Request<pb::DeviceRef>) -> GrpcResult<pb::SubDeviceList> {
+        let (tenant, gateway) = gateway_of(Some(req.into_inner()))?;
+        let list = self.inner.topology(&tenant, &gateway).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(sub_device_list(list)))
+    }
+
+    async fn register_sub_devices(
+        &self,
+        req: Request<pb::RegisterSubDevicesRequest>,
+    ) -> GrpcResult<pb::RegisterSubDevicesResponse> {
+        let req = req.into_inner();
+        let (tenant, gateway) = gateway_of(req.gateway)?;
+        let devices = self.inner.register_sub_devices(&tenant, &gateway, device_keys(req.sub_devices)?).await;
+        let devices = devices.map_err(|e| e.to_status())?.into_iter().map(Into::into).collect();
+        Ok(Response::new(pb::RegisterSubDevicesResponse { devices }))
+    }
+
+    async fn login_sub_device(&self, req: Request<pb::LoginSubDeviceRequest>) -> GrpcResult<pb::DeviceSession> {
+        let req = req.into_inner();
+        let (tenant, gateway) = gateway_of(req.gateway)?;
+        let sign = req.sign.ok_or_else(|| TopologyError::invalid("sign", "missing").to_status())?;
+        let sign = SubDeviceSign::try_from(sign).map_err(topology_input)?;
+        let session = self.inner.login_sub_device(&tenant, &gateway, sign).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(session.into()))
     }
 }

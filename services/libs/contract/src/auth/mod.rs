@@ -8,9 +8,11 @@ use tether_model::{ClientIdError, DeviceKey, DeviceName, ProductKey, TenantId, T
 use crate::ServiceError;
 
 mod grpc;
+mod topology;
 mod wire;
 
 pub use grpc::{AuthGrpcClient, AuthGrpcServer};
+pub use topology::{MAX_SUB_DEVICES_PER_GATEWAY, MAX_SUB_DEVICES_PER_REQUEST, SubDevice, SubDeviceSign, TopologyError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -198,4 +200,46 @@ pub trait AuthService: Send + Sync + 'static {
 
     /// Checks a CONNECT's Aliyun sign.
     async fn authenticate_device(&self, credentials: DeviceCredentials) -> Result<DeviceSession, DeviceAuthError>;
+
+    // Gateway topology. `gateway` is an enabled device of a gateway product of `tenant`; its
+    // sub-devices are devices of non-gateway products of the same tenant, each attached to at
+    // most one gateway.
+
+    /// Attaches sub-devices to a gateway, each proved by its sign (`thing/topo/add`); a
+    /// sub-device attached to another gateway moves to this one. All or none are attached.
+    async fn add_topology(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sub_devices: Vec<SubDeviceSign>,
+    ) -> Result<Vec<SubDevice>, TopologyError>;
+
+    /// Detaches sub-devices from a gateway (`thing/topo/delete`); each must be attached to it.
+    async fn remove_topology(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sub_devices: Vec<DeviceKey>,
+    ) -> Result<Vec<SubDevice>, TopologyError>;
+
+    /// A gateway's sub-devices, in key order (`thing/topo/get`, and the tenant API).
+    async fn topology(&self, tenant: &TenantId, gateway: &DeviceKey) -> Result<Vec<SubDevice>, TopologyError>;
+
+    /// Registers sub-devices for a gateway (`thing/sub/register`) and returns them with their
+    /// secrets; a device that already exists is returned as it is unless another gateway has it.
+    async fn register_sub_devices(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sub_devices: Vec<DeviceKey>,
+    ) -> Result<Vec<Device>, TopologyError>;
+
+    /// Checks a sub-device's login through a gateway (`combine/login`): the topology relation,
+    /// the sign and that the sub-device is enabled.
+    async fn login_sub_device(
+        &self,
+        tenant: &TenantId,
+        gateway: &DeviceKey,
+        sign: SubDeviceSign,
+    ) -> Result<DeviceSession, TopologyError>;
 }

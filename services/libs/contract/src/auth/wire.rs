@@ -1,10 +1,13 @@
 //! Conversions between the auth service's domain types and its protobuf messages. Proto types
 //! stop here: what comes off the wire is validated once, in `TryFrom`.
 
-use tether_model::{DeviceKey, DeviceName, ProductKey, TenantId, TopicClass, TopicOperation};
+use tether_model::{DeviceKey, DeviceName, ProductKey, SignMethod, TenantId, TopicClass, TopicOperation};
 use tether_proto::v1 as pb;
 
-use super::{Caller, DataFormat, Device, DeviceSession, Dialect, IssuedApiKey, NodeType, Product, Tenant};
+use super::{
+    Caller, DataFormat, Device, DeviceSession, Dialect, IssuedApiKey, NodeType, Product, SubDevice, SubDeviceSign,
+    Tenant,
+};
 use crate::ServiceError;
 
 pub(crate) fn tenant_id(raw: &str) -> Result<TenantId, ServiceError> {
@@ -78,6 +81,23 @@ impl From<pb::Dialect> for Dialect {
             pb::Dialect::Thingscloud => Self::Thingscloud,
             pb::Dialect::Iotda => Self::Iotda,
         }
+    }
+}
+
+fn sign_method_to_wire(v: SignMethod) -> pb::SignMethod {
+    match v {
+        SignMethod::HmacMd5 => pb::SignMethod::HmacMd5,
+        SignMethod::HmacSha1 => pb::SignMethod::HmacSha1,
+        SignMethod::HmacSha256 => pb::SignMethod::HmacSha256,
+    }
+}
+
+pub(crate) fn sign_method(raw: i32) -> Result<SignMethod, ServiceError> {
+    match pb::SignMethod::try_from(raw) {
+        Ok(pb::SignMethod::HmacMd5) => Ok(SignMethod::HmacMd5),
+        Ok(pb::SignMethod::HmacSha1) => Ok(SignMethod::HmacSha1),
+        Ok(pb::SignMethod::HmacSha256) => Ok(SignMethod::HmacSha256),
+        Ok(pb::SignMethod::Unspecified) | Err(_) => Err(ServiceError::invalid("signMethod", raw)),
     }
 }
 
@@ -256,5 +276,60 @@ pub(crate) fn device_ref(tenant: &TenantId, device: &DeviceKey) -> pb::DeviceRef
         tenant_id: tenant.to_string(),
         product_key: device.product_key.to_string(),
         device_name: device.device_name.to_string(),
+    }
+}
+
+// === topology ===
+
+pub(crate) fn device_key_to_wire(d: &DeviceKey) -> pb::DeviceKey {
+    pb::DeviceKey { product_key: d.product_key.to_string(), device_name: d.device_name.to_string() }
+}
+
+pub(crate) fn device_keys(raw: Vec<pb::DeviceKey>) -> Result<Vec<DeviceKey>, ServiceError> {
+    raw.iter().map(|d| device_key(&d.product_key, &d.device_name)).collect()
+}
+
+impl From<SubDeviceSign> for pb::SubDeviceSign {
+    fn from(s: SubDeviceSign) -> Self {
+        Self {
+            device: Some(device_key_to_wire(&s.device)),
+            client_id: s.client_id,
+            timestamp: s.timestamp,
+            sign_method: sign_method_to_wire(s.sign_method).into(),
+            sign: s.sign,
+        }
+    }
+}
+
+impl TryFrom<pb::SubDeviceSign> for SubDeviceSign {
+    type Error = ServiceError;
+
+    fn try_from(s: pb::SubDeviceSign) -> Result<Self, ServiceError> {
+        let device = s.device.ok_or_else(|| ServiceError::invalid("device", "missing"))?;
+        Ok(Self {
+            device: device_key(&device.product_key, &device.device_name)?,
+            client_id: s.client_id,
+            timestamp: s.timestamp,
+            sign_method: sign_method(s.sign_method)?,
+            sign: s.sign,
+        })
+    }
+}
+
+impl From<SubDevice> for pb::SubDevice {
+    fn from(s: SubDevice) -> Self {
+        Self { product_key: s.product_key.to_string(), device_name: s.device_name.to_string(), iot_id: s.iot_id }
+    }
+}
+
+impl TryFrom<pb::SubDevice> for SubDevice {
+    type Error = ServiceError;
+
+    fn try_from(s: pb::SubDevice) -> Result<Self, ServiceError> {
+        Ok(Self {
+            product_key: product_key(&s.product_key)?,
+            device_name: device_name(&s.device_name)?,
+            iot_id: s.iot_id,
+        })
     }
 }
