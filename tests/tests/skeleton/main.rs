@@ -5,4 +5,6 @@
 mod api;
 mod connect;
 mod presence;
+mod thing;
+mod thing_api;
 mod uplink;
