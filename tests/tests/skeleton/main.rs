@@ -6,5 +6,4 @@ mod api;
 mod connect;
 mod presence;
 mod thing;
-mod thing_api;
 mod uplink;
