@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
 use tether_tests::{TestPlatform, eventually};
 
 /// Per-step timeout handed to the script (connect, reply, hold, disconnect).
@@ -45,8 +46,9 @@ struct ScriptOutput {
 }
 
 impl Script {
-    fn spawn(python: &Path, args: &[String]) -> Self {
-        let script = workspace_root().join("tests/interop/linkkit_property_post.py");
+    /// Runs `tests/interop/{name}` with `args`.
+    fn spawn(python: &Path, name: &str, args: &[String]) -> Self {
+        let script = workspace_root().join("tests/interop").join(name);
         let dir = tempfile::tempdir().expect("temp dir");
         // stderr (SDK and paho debug logs) goes to a file so a full pipe can never stall the SDK.
         let stderr_path = dir.path().join("stderr.log");
@@ -126,6 +128,7 @@ async fn python_linkkit_sdk_posts_a_property_and_gets_code_200() {
 
     let mut script = Script::spawn(
         &python,
+        "linkkit_property_post.py",
         &[
             "--host".into(),
             addr.ip().to_string(),
@@ -190,5 +193,76 @@ async fn python_linkkit_sdk_posts_a_property_and_gets_code_200() {
     assert!(offline["lastOnlineTime"].is_i64(), "{offline}");
     assert!(offline["lastOfflineTime"].as_i64() >= offline["lastOnlineTime"].as_i64(), "{offline}");
 
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_linkkit_sdk_posts_an_event_and_updates_tags() {
+    let python = venv_python();
+    let platform = TestPlatform::start().await;
+    let pk = platform.create_product().await;
+    let tsl = json!({
+        "properties": [],
+        "events": [{ "identifier": "Overheat", "name": "overheat", "type": "alert",
+                     "outputData": [{ "identifier": "level", "name": "level",
+                                      "dataType": { "type": "int", "specs": { "min": "1", "max": "3" } } }] }],
+        "services": []
+    });
+    let (status, body) = platform.api.put(&format!("/products/{pk}/thing-model"), tsl.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let creds = platform.register_device(&pk).await;
+    let mut events = platform.bus().consume("interop-events", "tether.up.*.*.*.event").await.unwrap();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tsl_path = dir.path().join("tsl.json");
+    std::fs::write(&tsl_path, tsl.to_string()).expect("tsl file");
+    let addr = platform.mqtt_addr();
+
+    let script = Script::spawn(
+        &python,
+        "linkkit_thing.py",
+        &[
+            "--host".into(),
+            addr.ip().to_string(),
+            "--port".into(),
+            addr.port().to_string(),
+            "--product-key".into(),
+            creds.product_key.clone(),
+            "--device-name".into(),
+            creds.device_name.clone(),
+            "--device-secret".into(),
+            creds.device_secret.clone(),
+            "--tsl".into(),
+            tsl_path.display().to_string(),
+            "--event".into(),
+            "Overheat".into(),
+            "--event-params".into(),
+            json!({"level": 2}).to_string(),
+            "--tags".into(),
+            json!({"room": "lab", "floor": "3"}).to_string(),
+            "--timeout".into(),
+            SCRIPT_STEP_TIMEOUT_SECS.to_string(),
+        ],
+    );
+    let output = script.output().await;
+    let report = format!("exit: {}\nstdout: {}\nstderr:\n{}", output.status, output.stdout, output.stderr);
+    let line = output.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let observed: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line from the script ({e}):\n{report}"));
+    eprintln!("the SDK observed: {observed}");
+    assert!(output.status.success(), "the SDK run failed: {observed}\n{report}");
+    assert_eq!(observed["event_post"]["code"], 200, "{observed}");
+    assert_eq!(observed["event_post"]["event"], "Overheat", "{observed}");
+    assert_eq!(observed["tags_reply"]["code"], 200, "{observed}");
+
+    let delivery = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap();
+    let event: Value = serde_json::from_slice(&delivery.message.payload).unwrap();
+    assert_eq!((event["identifier"].as_str(), &event["value"]), (Some("Overheat"), &json!({"level": 2})), "{event}");
+    delivery.ack().await.unwrap();
+    let (status, device) = platform.api.get(&format!("/products/{pk}/devices/{}", creds.device_name)).await;
+    assert_eq!(status, StatusCode::OK, "{device}");
+    assert_eq!(
+        device["tags"],
+        json!([{"attrKey": "floor", "attrValue": "3"}, {"attrKey": "room", "attrValue": "lab"}])
+    );
     platform.stop().await;
 }
