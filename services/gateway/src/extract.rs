@@ -1,18 +1,29 @@
-//! Request extractors: the bearer API key, and JSON bodies whose errors use the API's error shape.
+//! Request extractors: the bearer API key, the caller's product or device named by the path, and
+//! JSON bodies whose errors use the API's error shape.
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use tether_contract::{Caller, ServiceError};
+use tether_model::{DeviceKey, ProductKey};
 
 use crate::GatewayDeps;
 use crate::error::ApiError;
+use crate::routes::{device_key, product_key};
 
 /// The authenticated caller of a request.
 pub struct Auth(pub Caller);
+
+/// The `{product_key}` of the path, checked to be the caller's: another tenant's product is 404.
+/// Services that trust their caller (the thing service) are called with it only.
+pub struct OwnedProduct(pub ProductKey);
+
+/// The `{product_key}/devices/{device_name}` of the path, checked to be the caller's device:
+/// another tenant's is 404.
+pub struct OwnedDevice(pub DeviceKey);
 
 /// A JSON body; a malformed one is a 400 `InvalidArgument` naming what is wrong.
 pub struct Body<T>(pub T);
@@ -26,6 +37,34 @@ impl FromRequestParts<Arc<GatewayDeps>> for Auth {
         let key = key.ok_or(ServiceError::Unauthenticated)?;
         Ok(Self(deps.auth.authenticate_api_key(key).await?))
     }
+}
+
+impl FromRequestParts<Arc<GatewayDeps>> for OwnedProduct {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, deps: &Arc<GatewayDeps>) -> Result<Self, ApiError> {
+        let Auth(caller) = Auth::from_request_parts(parts, deps).await?;
+        let Path(pk) = Path::<String>::from_request_parts(parts, deps).await.map_err(path_error)?;
+        let pk = product_key(&pk)?;
+        deps.auth.get_product(&caller.tenant, &pk).await?;
+        Ok(Self(pk))
+    }
+}
+
+impl FromRequestParts<Arc<GatewayDeps>> for OwnedDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, deps: &Arc<GatewayDeps>) -> Result<Self, ApiError> {
+        let Auth(caller) = Auth::from_request_parts(parts, deps).await?;
+        let Path((pk, dn)) = Path::<(String, String)>::from_request_parts(parts, deps).await.map_err(path_error)?;
+        let device = device_key(&pk, &dn)?;
+        deps.auth.get_device(&caller.tenant, &device).await?;
+        Ok(Self(device))
+    }
+}
+
+fn path_error(rejection: axum::extract::rejection::PathRejection) -> ApiError {
+    ServiceError::invalid("path", rejection.body_text()).into()
 }
 
 impl<T: DeserializeOwned> FromRequest<Arc<GatewayDeps>> for Body<T> {

@@ -8,6 +8,7 @@ mod error;
 mod extract;
 mod openapi;
 mod routes;
+mod things;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes;
+use crate::{routes, things};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,8 @@ use crate::routes;
         routes::create_product, routes::list_products, routes::get_product, routes::delete_product,
         routes::create_topic_class, routes::register_device, routes::list_devices, routes::get_device,
         routes::delete_device, routes::device_action, routes::device_status,
+        things::put_thing_model, things::get_thing_model, things::latest_properties, things::device_tags,
+        things::desired_properties, things::set_desired_properties, things::get_shadow, things::update_shadow,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -1,5 +1,6 @@
 //! The REST resources of API.md this release serves: tenants and keys, products and topic
-//! classes, devices, enable/disable and status.
+//! classes, devices, enable/disable and status. The thing resources (thing model, properties,
+//! tags, desired properties, shadow) are in `things`.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::GatewayDeps;
 use crate::error::ApiError;
 use crate::extract::{Auth, Body};
+use crate::things::TagView;
 
 type Deps = State<Arc<GatewayDeps>>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -33,7 +35,8 @@ pub fn router(deps: GatewayDeps) -> Router {
             "/products/{product_key}/devices/{device_name}",
             get(get_device).delete(delete_device).post(device_action),
         )
-        .route("/products/{product_key}/devices/{device_name}/status", get(device_status));
+        .route("/products/{product_key}/devices/{device_name}/status", get(device_status))
+        .merge(crate::things::router());
     Router::new().nest("/api/v1", api).with_state(Arc::new(deps))
 }
 
@@ -141,6 +144,9 @@ pub struct DeviceView {
     pub iot_id: String,
     pub enabled: bool,
     pub created_at: i64,
+    /// The device's tags; only in `GET .../devices/{deviceName}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<TagView>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -185,11 +191,11 @@ fn require_admin(caller: &tether_contract::Caller) -> Result<(), ApiError> {
     }
 }
 
-fn product_key(raw: &str) -> Result<ProductKey, ApiError> {
+pub(crate) fn product_key(raw: &str) -> Result<ProductKey, ApiError> {
     ProductKey::new(raw).map_err(|e| ServiceError::invalid("productKey", e).into())
 }
 
-fn device_key(pk: &str, dn: &str) -> Result<DeviceKey, ApiError> {
+pub(crate) fn device_key(pk: &str, dn: &str) -> Result<DeviceKey, ApiError> {
     let dn = DeviceName::new(dn).map_err(|e| ServiceError::invalid("deviceName", e))?;
     Ok(DeviceKey::new(product_key(pk)?, dn))
 }
@@ -379,8 +385,10 @@ pub async fn get_device(
     Auth(caller): Auth,
     Path((pk, dn)): Path<(String, String)>,
 ) -> ApiResult<Json<DeviceView>> {
-    let device = deps.auth.get_device(&caller.tenant, &device_key(&pk, &dn)?).await?;
-    Ok(Json(device.into()))
+    let key = device_key(&pk, &dn)?;
+    let device = deps.auth.get_device(&caller.tenant, &key).await?;
+    let tags = deps.thing.tags(&key).await?;
+    Ok(Json(DeviceView { tags: Some(tags.into_iter().map(TagView::from).collect()), ..device.into() }))
 }
 
 #[utoipa::path(delete, path = "/api/v1/products/{productKey}/devices/{deviceName}", responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
@@ -476,6 +484,7 @@ impl From<Device> for DeviceView {
             iot_id: d.iot_id,
             enabled: d.enabled,
             created_at: d.created_at,
+            tags: None,
         }
     }
 }

@@ -6,4 +6,5 @@ mod api;
 mod connect;
 mod presence;
 mod thing;
+mod thing_api;
 mod uplink;

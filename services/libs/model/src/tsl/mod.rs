@@ -185,7 +185,13 @@ impl Tsl {
     /// Parses and checks Aliyun TSL JSON, refusing it with the first offending field's path and reason.
     pub fn parse(json: &[u8]) -> Result<Tsl, TslError> {
         let value: Value = serde_json::from_slice(json).map_err(|e| TslError::Json(e.to_string()))?;
-        parse::tsl(&value)
+        Self::from_json(&value)
+    }
+
+    /// Reads and checks TSL JSON that is already a `Value` (a request body, a stored record), like
+    /// [`Tsl::parse`].
+    pub fn from_json(value: &Value) -> Result<Tsl, TslError> {
+        parse::tsl(value)
     }
 
     /// The TSL as Aliyun writes it (numbers in specs as strings), as returned by `GET .../thing-model`.
