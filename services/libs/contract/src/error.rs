@@ -2,8 +2,10 @@
 //! (the gateway's `error.rs`).
 
 /// What went wrong in a service call, in terms a caller can act on.
+// Adjacently tagged: an internally tagged enum cannot serialize the variants that hold a bare
+// string, and those would lose their kind on the way through a gRPC status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
+#[serde(tag = "kind", content = "detail", rename_all = "camelCase")]
 pub enum ServiceError {
     #[error("{what} not found")]
     NotFound { what: String },
@@ -81,6 +83,29 @@ impl ServiceError {
             Self::TooManyRequests(_) => "TooManyRequests",
             Self::Unavailable(_) => "Unavailable",
             Self::Internal(_) => "Internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_survives_a_grpc_status() {
+        let errors = [
+            ServiceError::not_found("device pk/dn"),
+            ServiceError::AlreadyExists { what: "product pk".into() },
+            ServiceError::invalid("productKey", "too long"),
+            ServiceError::Unauthenticated,
+            ServiceError::PermissionDenied("not yours".into()),
+            ServiceError::Conflict { what: "shadow".into() },
+            ServiceError::TooManyRequests("slow down".into()),
+            ServiceError::Unavailable("store down".into()),
+            ServiceError::Internal("bug".into()),
+        ];
+        for error in errors {
+            assert_eq!(ServiceError::from_status(&error.to_status()), error);
         }
     }
 }
