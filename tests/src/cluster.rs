@@ -1,5 +1,5 @@
 //! Cluster mode in one test process: real `nats-server` and `redis-server` (testkit), and the auth,
-//! gateway and edge roles run through the same `run_role` as `tether <role>`, on free ports.
+//! thing, gateway and edge roles run through the same `run_role` as `tether <role>`, on free ports.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,8 +34,8 @@ impl Servers {
 }
 
 impl ClusterPlatform {
-    /// Starts auth, gateway and one edge against `servers`, and waits until each is ready. A port
-    /// picked free can be taken by a parallel test before a role binds it: such a start is
+    /// Starts auth, thing, gateway and one edge against `servers`, and waits until each is ready.
+    /// A port picked free can be taken by a parallel test before a role binds it: such a start is
     /// stopped and tried again on other ports.
     pub async fn start(servers: &Servers) -> Self {
         for _ in 0..3 {
@@ -50,6 +50,7 @@ impl ClusterPlatform {
     /// Starts the roles; on a role that stops during start-up, returns those started so far.
     async fn try_start(servers: &Servers) -> Result<Self, Self> {
         let auth_port = free_port();
+        let thing_port = free_port();
         let mqtt_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let http_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let base = |node: &str, health: u16| {
@@ -60,6 +61,8 @@ impl ClusterPlatform {
                 ("TETHER_AUTH_GRPC_ADDR", format!("127.0.0.1:{auth_port}")),
                 ("TETHER_AUTH_URL", format!("http://127.0.0.1:{auth_port}")),
                 ("TETHER_AUTH_ADMIN_KEY", ADMIN_KEY.to_owned()),
+                ("TETHER_THING_GRPC_ADDR", format!("127.0.0.1:{thing_port}")),
+                ("TETHER_THING_URL", format!("http://127.0.0.1:{thing_port}")),
                 ("TETHER_EDGE_MQTT_ADDR", mqtt_addr.to_string()),
                 ("TETHER_EDGE_WORKERS", "1".to_owned()),
                 ("TETHER_EDGE_DRAIN_SECONDS", "0".to_owned()),

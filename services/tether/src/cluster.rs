@@ -1,6 +1,6 @@
-//! Cluster mode: `tether <role> --config FILE` runs one service per process, over gRPC (auth),
-//! NATS (bus, registry KV) and Redis (session routes). The same service code as `tether run`,
-//! with the cluster adapters behind the traits.
+//! Cluster mode: `tether <role> --config FILE` runs one service per process, over gRPC (auth,
+//! thing), NATS (bus, registry KV) and Redis (session routes). The same service code as
+//! `tether run`, with the cluster adapters behind the traits.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,9 +10,12 @@ use anyhow::{Context, bail};
 use tether_auth::Auth;
 use tether_bus::events::{self, Origin};
 use tether_bus::{Bus, NatsBus, NatsBusConfig};
-use tether_contract::{AuthGrpcClient, AuthGrpcServer, AuthService, ThingService, now_ms};
+use tether_contract::{
+    AuthGrpcClient, AuthGrpcServer, AuthService, ServiceError, ThingGrpcClient, ThingGrpcServer, ThingService, now_ms,
+};
 use tether_edge::{Edge, EdgeConfig, EdgeDeps};
 use tether_gateway::{Gateway, GatewayDeps};
+use tether_model::ProductKey;
 use tether_store::{KvStore, NatsKvStore, RedisRoutes, RedisRoutesConfig, SessionRoutes};
 use tether_telemetry::{HealthServer, ReadinessCheck};
 use tether_thing::Thing;
@@ -56,22 +59,16 @@ async fn connect_kv(config: &ClusterConfig) -> anyhow::Result<NatsKvStore> {
         .with_context(|| format!("cannot use NATS KV at {} (nats.url)", config.nats.url))
 }
 
-/// The thing service over the shared registry KV.
-async fn thing_service(
-    config: &ClusterConfig,
-    bus: Arc<dyn Bus>,
-    routes: Arc<dyn SessionRoutes>,
-) -> anyhow::Result<Thing> {
-    let store: Arc<dyn KvStore> = Arc::new(connect_kv(config).await?);
-    Ok(Thing::new(store, bus, routes))
-}
-
 async fn connect_routes(config: &ClusterConfig) -> anyhow::Result<RedisRoutes> {
     RedisRoutes::connect(&config.redis.url, RedisRoutesConfig::default()).await.context("redis.url")
 }
 
 fn auth_client(config: &ClusterConfig) -> anyhow::Result<AuthGrpcClient> {
     AuthGrpcClient::new(&config.auth.url).with_context(|| format!("invalid auth.url {}", config.auth.url))
+}
+
+fn thing_client(config: &ClusterConfig) -> anyhow::Result<ThingGrpcClient> {
+    ThingGrpcClient::new(&config.thing.url).with_context(|| format!("invalid thing.url {}", config.thing.url))
 }
 
 async fn health(config: &ClusterConfig, checks: Vec<Arc<dyn ReadinessCheck>>) -> anyhow::Result<HealthServer> {
@@ -130,6 +127,7 @@ async fn run_edge(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
     let bus = connect_bus(&config).await?;
     let routes = connect_routes(&config).await?;
     let auth = auth_client(&config)?;
+    let thing = thing_client(&config)?;
     let node = config.node.id.clone();
     routes.register_node(&node).await.context("cannot register this edge in redis")?;
     let ttl = Duration::from_secs(config.edge.heartbeat_ttl_seconds);
@@ -145,10 +143,10 @@ async fn run_edge(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
         server_reference: config.edge.server_reference.clone(),
     };
     let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
-    let thing: Arc<dyn ThingService> = Arc::new(thing_service(&config, bus_dyn.clone(), routes_dyn.clone()).await?);
-    let deps = EdgeDeps { auth: auth_dyn.clone(), thing, bus: bus_dyn.clone(), routes: routes_dyn };
+    let thing_dyn: Arc<dyn ThingService> = Arc::new(thing.clone());
+    let deps = EdgeDeps { auth: auth_dyn.clone(), thing: thing_dyn, bus: bus_dyn.clone(), routes: routes_dyn };
     let edge = Edge::start(edge_config, deps).await?;
-    let health = health(&config, vec![nats_check(bus), redis_check(routes.clone())]).await?;
+    let health = health(&config, vec![nats_check(bus), redis_check(routes.clone()), thing_check(thing)]).await?;
 
     let keeper = tokio::spawn(keep_routes(routes, node, ttl, edge.sessions(), auth_dyn, bus_dyn));
     shutdown.await;
@@ -214,30 +212,38 @@ async fn keep_routes(
 async fn run_gateway(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let routes = connect_routes(&config).await?;
     let auth = auth_client(&config)?;
-    let bus: Arc<dyn Bus> = Arc::new(connect_bus(&config).await?);
+    let thing = thing_client(&config)?;
     let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
-    let thing: Arc<dyn ThingService> = Arc::new(thing_service(&config, bus, routes_dyn.clone()).await?);
-    let deps = GatewayDeps { auth: Arc::new(auth.clone()), thing, routes: routes_dyn };
+    let deps = GatewayDeps { auth: Arc::new(auth.clone()), thing: Arc::new(thing.clone()), routes: routes_dyn };
     let gateway = Gateway::start(config.gateway.http_addr, deps).await?;
-    let health = health(&config, vec![redis_check(routes), auth_check(auth)]).await?;
+    let health = health(&config, vec![redis_check(routes), auth_check(auth), thing_check(thing)]).await?;
     shutdown.await;
     gateway.stop().await;
     health.stop();
     Ok(())
 }
 
-/// The thing role: keeps the latest properties from the bus (consumer group `thing`).
+/// The thing role: serves `tether.v1.Thing` over gRPC and keeps the latest properties from the
+/// bus (consumer group `thing`).
 async fn run_thing(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let bus = connect_bus(&config).await?;
     let routes = connect_routes(&config).await?;
     let store = connect_kv(&config).await?;
-    let thing = Thing::new(Arc::new(store.clone()), Arc::new(bus.clone()), Arc::new(routes.clone()));
+    let listener = tokio::net::TcpListener::bind(config.thing.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (thing.grpc_addr)", config.thing.grpc_addr))?;
+    let thing = Arc::new(Thing::new(Arc::new(store.clone()), Arc::new(bus.clone()), Arc::new(routes.clone())));
     let keeper = thing.keep_latest_properties().await.context("cannot join the thing consumer group")?;
     let health = health(&config, vec![nats_check(bus), kv_check(store), redis_check(routes)]).await?;
-    shutdown.await;
+    tracing::info!(addr = %config.thing.grpc_addr, "thing serving grpc");
+    let served = tonic::transport::Server::builder()
+        .add_service(ThingGrpcServer::new(thing).into_service())
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+        .context("thing grpc server failed");
     keeper.abort();
     health.stop();
-    Ok(())
+    served
 }
 
 // === readiness checks ===
@@ -269,8 +275,24 @@ fn auth_check(auth: AuthGrpcClient) -> Arc<dyn ReadinessCheck> {
         async move {
             // Any answer, even "unknown key", proves auth is reachable.
             match auth.authenticate_api_key("readiness-probe").await {
-                Ok(_) | Err(tether_contract::ServiceError::Unauthenticated) => Ok(()),
+                Ok(_) | Err(ServiceError::Unauthenticated) => Ok(()),
                 Err(error) => Err(error.to_string()),
+            }
+        }
+    })
+}
+
+fn thing_check(thing: ThingGrpcClient) -> Arc<dyn ReadinessCheck> {
+    let probe = ProductKey::new("readiness-probe").expect("a valid product key");
+    tether_telemetry::check("thing", move || {
+        let thing = thing.clone();
+        let probe = probe.clone();
+        async move {
+            // Any answer from the service proves thing is reachable; `Unavailable` is what a
+            // failed connection becomes (and what thing says when its store is down).
+            match thing.get_thing_model(&probe).await {
+                Err(error @ ServiceError::Unavailable(_)) => Err(error.to_string()),
+                Ok(_) | Err(_) => Ok(()),
             }
         }
     })

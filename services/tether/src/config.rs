@@ -17,6 +17,7 @@ pub struct ClusterConfig {
     pub nats: NatsConfig,
     pub redis: RedisConfig,
     pub auth: AuthConfig,
+    pub thing: ThingConfig,
     pub edge: EdgeSection,
     pub gateway: GatewaySection,
     pub health: HealthConfig,
@@ -61,6 +62,17 @@ pub struct AuthConfig {
     pub url: String,
     /// The operator's admin API key (auth role); required in cluster mode.
     pub admin_key: String,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ThingConfig {
+    /// Where the thing role serves gRPC.
+    pub grpc_addr: SocketAddr,
+    /// Where the other roles reach thing.
+    pub url: String,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -130,6 +142,12 @@ impl Default for AuthConfig {
     }
 }
 
+impl Default for ThingConfig {
+    fn default() -> Self {
+        Self { grpc_addr: ([0, 0, 0, 0], 50052).into(), url: "http://127.0.0.1:50052".into(), unknown: BTreeMap::new() }
+    }
+}
+
 impl Default for EdgeSection {
     fn default() -> Self {
         Self {
@@ -178,12 +196,13 @@ impl ClusterConfig {
     }
 
     fn warn_unknown(&self) {
-        let sections: [(&str, &BTreeMap<String, toml::Value>); 8] = [
+        let sections: [(&str, &BTreeMap<String, toml::Value>); 9] = [
             ("", &self.unknown),
             ("node.", &self.node.unknown),
             ("nats.", &self.nats.unknown),
             ("redis.", &self.redis.unknown),
             ("auth.", &self.auth.unknown),
+            ("thing.", &self.thing.unknown),
             ("edge.", &self.edge.unknown),
             ("gateway.", &self.gateway.unknown),
             ("health.", &self.health.unknown),
@@ -216,7 +235,7 @@ impl ClusterConfig {
 /// `TETHER_EDGE_MQTT_ADDR=..` → `[edge] mqtt_addr = ..`; values are read as TOML when they parse
 /// (numbers, booleans), else as strings.
 fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
-    const SECTIONS: [&str; 7] = ["node", "nats", "redis", "auth", "edge", "gateway", "health"];
+    const SECTIONS: [&str; 8] = ["node", "nats", "redis", "auth", "thing", "edge", "gateway", "health"];
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("TETHER_") else {
             continue;
@@ -280,5 +299,25 @@ mod tests {
     fn unknown_keys_are_kept_aside_not_fatal() {
         let config = ClusterConfig::load(None, env(&[("TETHER_EDGE_COLOUR", "blue")])).unwrap();
         assert!(config.edge.unknown.contains_key("colour"));
+        let config = ClusterConfig::load(None, env(&[("TETHER_THING_COLOUR", "blue")])).unwrap();
+        assert!(config.thing.unknown.contains_key("colour"));
+    }
+
+    #[test]
+    fn thing_addresses_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.toml");
+        std::fs::write(&path, "[thing]\ngrpc_addr = \"127.0.0.1:50062\"\nurl = \"http://thing:50062\"\n").unwrap();
+        let config = ClusterConfig::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.thing.grpc_addr, "127.0.0.1:50062".parse().unwrap());
+        assert_eq!(config.thing.url, "http://thing:50062");
+        let overrides = env(&[("TETHER_THING_GRPC_ADDR", "127.0.0.1:6000"), ("TETHER_THING_URL", "http://t:6000")]);
+        let config = ClusterConfig::load(Some(&path), overrides).unwrap();
+        assert_eq!(
+            (config.thing.grpc_addr, config.thing.url.as_str()),
+            ("127.0.0.1:6000".parse().unwrap(), "http://t:6000")
+        );
+        let error = ClusterConfig::load(None, env(&[("TETHER_THING_GRPC_ADDR", "nowhere")])).unwrap_err();
+        assert!(format!("{error:#}").contains("thing.grpc_addr"), "{error:#}");
     }
 }

@@ -1,5 +1,5 @@
 //! Cluster mode end to end: real `nats-server` and `redis-server`, and each role its own
-//! `tether` process (auth, gateway, two edges), driven by real MQTT devices and HTTP.
+//! `tether` process (auth, thing, gateway, two edges), driven by real MQTT devices and HTTP.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +23,7 @@ struct Cluster {
     redis: RedisServer,
     _dir: tempfile::TempDir,
     _auth: Vec<RoleProcess>,
+    _thing: RoleProcess,
     _gateway: RoleProcess,
     edges: Vec<(RoleProcess, u16)>,
     api: Api,
@@ -92,6 +93,7 @@ impl Cluster {
         let redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
         let auth_port = free_port();
+        let thing_port = free_port();
         let http_port = free_port();
         let config = dir.path().join("tether.toml");
         std::fs::write(
@@ -99,6 +101,7 @@ impl Cluster {
             format!(
                 "[nats]\nurl = \"{}\"\n[redis]\nurl = \"{}\"\n[auth]\ngrpc_addr = \"127.0.0.1:{auth_port}\"\n\
                  url = \"http://127.0.0.1:{auth_port}\"\nadmin_key = \"{ADMIN_KEY}\"\n\
+                 [thing]\ngrpc_addr = \"127.0.0.1:{thing_port}\"\nurl = \"http://127.0.0.1:{thing_port}\"\n\
                  [gateway]\nhttp_addr = \"127.0.0.1:{http_port}\"\n[edge]\nheartbeat_ttl_seconds = 2\ndrain_seconds = 1\n",
                 nats.url(),
                 redis.url()
@@ -114,8 +117,10 @@ impl Cluster {
             &config,
             &[("TETHER_NODE_ID", "auth-2".into()), ("TETHER_AUTH_GRPC_ADDR", format!("127.0.0.1:{auth_port_2}"))],
         );
+        let thing = RoleProcess::spawn("thing", &config, &[("TETHER_NODE_ID", "thing-1".into())]);
         auth.ready().await;
         auth_2.ready().await;
+        thing.ready().await;
         let gateway = RoleProcess::spawn("gateway", &config, &[("TETHER_NODE_ID", "gateway-1".into())]);
         let mut edge_processes = Vec::new();
         for i in 0..edges {
@@ -137,7 +142,16 @@ impl Cluster {
             edge.ready().await;
         }
         let api = Api::new(([127, 0, 0, 1], http_port).into(), ADMIN_KEY);
-        Self { nats, redis, _dir: dir, _auth: vec![auth, auth_2], _gateway: gateway, edges: edge_processes, api }
+        Self {
+            nats,
+            redis,
+            _dir: dir,
+            _auth: vec![auth, auth_2],
+            _thing: thing,
+            _gateway: gateway,
+            edges: edge_processes,
+            api,
+        }
     }
 
     fn edge_addr(&self, i: usize) -> std::net::SocketAddr {

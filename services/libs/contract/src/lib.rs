@@ -15,7 +15,8 @@ pub use auth::{
 };
 pub use error::ServiceError;
 pub use thing::{
-    DesiredValue, DeviceMessage, DeviceRef, DeviceRequest, PropertySnapshot, Tag, ThingService, TimedValue,
+    DesiredValue, DeviceMessage, DeviceRef, DeviceRequest, PropertySnapshot, Tag, ThingGrpcClient, ThingGrpcServer,
+    ThingService, TimedValue,
 };
 
 /// Milliseconds since the Unix epoch, the unit of every time value in the API.

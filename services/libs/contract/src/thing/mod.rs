@@ -15,6 +15,11 @@ use tether_model::{DeviceKey, ProductKey, TenantId, Tsl};
 
 use crate::ServiceError;
 
+mod grpc;
+mod wire;
+
+pub use grpc::{ThingGrpcClient, ThingGrpcServer};
+
 /// A property value with the time it was measured (the device's `time`, else when it arrived).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimedValue {
