@@ -1,60 +1,111 @@
-//! The embedded bus: everything in one process, on tokio channels.
+//! The embedded bus: core messages on tokio channels, stream messages in a durable log on disk.
 //!
-//! Stream messages go to every consumer group whose filter matches, round-robin among the
-//! group's members; a delivery dropped without ack is handed to the group again. Nothing
-//! outlives the process: in embedded mode the consumers persist what they must themselves.
+//! In embedded mode the edge sends a device's PUBACK as soon as [`Bus::publish_durable`]
+//! returns, and a PUBACK promises that a crash loses nothing. So stream messages go to a log in
+//! fjall (`<data-dir>/bus`), and a publish returns only once its message is fsynced there.
+//!
+//! **Group commit.** One writer thread owns the log. Publishers queue their message and wait;
+//! the writer takes everything queued, writes it in one batch, syncs once and then answers every
+//! waiter, so devices publishing at the same time share one fsync instead of queueing behind one
+//! each. An fsync of a small append costs 0.2–0.3 ms on the 2-core development VM (ext4 on
+//! virtio) when the disk is idle and 2.5–3.5 ms while builds load it; a lone publisher waits
+//! about that long per message. A sync per message would cap the bus at 300–5000 messages a
+//! second; with group commit, 64 concurrent publishers measured 12k–95k/s and 1024 publishers
+//! 88k–220k/s, and 40k–70k/s with a group consuming and acking everything at the same time
+//! (release build, `cargo run --release -p tether-bus --example durable_publish`).
+//!
+//! **Consumer groups** are created on first [`Bus::consume`] and stored with their filter. Like a
+//! NATS durable consumer with deliver policy All, a new group sees every message still in the
+//! log. Members of a group take its messages round-robin, in sequence order; a delivery dropped
+//! without ack goes back to the group. A group has at most 1024 deliveries out unacked, so a
+//! slow consumer costs a bounded window of memory, not the log. Acks are stored as a floor per
+//! group plus one key per ack above it, without fsync of their own: a crash may deliver a message
+//! acked just before it once more (at least once), never lose one.
+//!
+//! **Retention.** A message is deleted once every stored group has acked it, and in any case
+//! after [`StreamLimits::max_age`] (7 days, as the NATS adapter's stream) or beyond
+//! [`StreamLimits::max_messages`], so a log nobody consumes stays bounded. Without any group,
+//! messages stay up to those limits, for a group created later. A group is never deleted, so one
+//! that nobody consumes any more holds messages back until the limits remove them.
+//!
+//! Records that cannot be read back are logged and skipped, never fatal.
 
+mod group;
+mod record;
+mod stream;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
-use crate::{Acker, Bus, BusError, BusMessage, Consumer, Delivery, Subscription, subject};
+use crate::{Bus, BusError, BusMessage, Consumer, Subscription, nats, subject};
+use stream::Stream;
 
-/// A [`Bus`] inside one process.
-#[derive(Clone, Default)]
+pub use stream::StreamLimits;
+
+/// A [`Bus`] inside one process, with its stream on disk; cheap to clone.
+#[derive(Clone)]
 pub struct InProcessBus {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     subscribers: RwLock<Vec<(String, mpsc::UnboundedSender<BusMessage>)>>,
-    groups: RwLock<Vec<Group>>,
-}
-
-struct Group {
-    name: String,
-    filter: String,
-    members: Vec<mpsc::UnboundedSender<Delivery>>,
-    next: AtomicUsize,
-}
-
-/// Acking an in-process delivery only disarms its redelivery.
-struct InProcessAck {
-    redeliver: Option<(Arc<Inner>, String, BusMessage)>,
+    stream: Stream,
 }
 
 // === impl InProcessBus ===
 
 impl InProcessBus {
+    /// Opens (or creates) the bus with its stream in `dir`, with the default [`StreamLimits`].
+    pub fn open(dir: &Path) -> Result<Self, BusError> {
+        Self::open_with(dir, StreamLimits::default())
+    }
+
+    /// Opens (or creates) the bus with its stream in `dir`.
+    pub fn open_with(dir: &Path, limits: StreamLimits) -> Result<Self, BusError> {
+        Self::with_stream(Stream::open(dir, limits, false)?)
+    }
+
+    /// A bus whose stream lives in a fresh directory under the system's temp dir, deleted when the
+    /// bus closes: for tests that need a bus but not its data.
+    ///
+    /// # Panics
+    ///
+    /// If the directory cannot be created.
+    #[expect(clippy::new_without_default, reason = "creating a directory is no default")]
     pub fn new() -> Self {
-        Self::default()
+        let dir = scratch_dir();
+        Stream::open(&dir, StreamLimits::default(), true)
+            .and_then(Self::with_stream)
+            .unwrap_or_else(|error| panic!("cannot create a scratch bus in {}: {error}", dir.display()))
+    }
+
+    /// Stores what is queued, ends every consumer and returns once the stream's directory can be
+    /// opened again. Durable publishes and consumes fail with [`BusError::Closed`] afterwards.
+    ///
+    /// Dropping the last clone closes the bus too, blocking until the writer's last batch is done
+    /// (a millisecond or so); async code that can should call this instead.
+    pub async fn close(&self) {
+        self.inner.stream.close().await;
+    }
+
+    fn with_stream(stream: Stream) -> Result<Self, BusError> {
+        Ok(Self { inner: Arc::new(Inner { subscribers: RwLock::new(Vec::new()), stream }) })
     }
 }
 
 #[async_trait]
 impl Bus for InProcessBus {
     async fn publish_durable(&self, message: BusMessage) -> Result<(), BusError> {
-        let names: Vec<String> = {
-            let groups = self.inner.groups.read();
-            groups.iter().filter(|g| subject::matches(&g.filter, &message.subject)).map(|g| g.name.clone()).collect()
-        };
-        for name in names {
-            self.inner.deliver(&name, message.clone());
+        // The same subjects as the NATS stream, so embedded mode refuses what cluster mode would.
+        if !nats::STREAM_SUBJECTS.iter().any(|filter| subject::matches(filter, &message.subject)) {
+            return Err(BusError::Invalid(format!("subject {} is not on the stream", message.subject)));
         }
+        self.inner.stream.append(&message).await?;
         // As on NATS, stream subjects are seen by core subscribers too.
         self.publish(message).await
     }
@@ -79,102 +130,13 @@ impl Bus for InProcessBus {
     }
 
     async fn consume(&self, group: &str, filter: &str) -> Result<Consumer, BusError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut groups = self.inner.groups.write();
-        match groups.iter_mut().find(|g| g.name == group) {
-            Some(existing) => existing.members.push(tx),
-            None => groups.push(Group {
-                name: group.to_owned(),
-                filter: filter.to_owned(),
-                members: vec![tx],
-                next: AtomicUsize::new(0),
-            }),
+        if group.is_empty() {
+            return Err(BusError::Invalid("consumer group name is empty".to_owned()));
         }
-        Ok(Consumer::new(rx))
+        self.inner.stream.join(group, filter).await
     }
 }
 
-// === impl Inner ===
-
-impl Inner {
-    fn deliver(self: &Arc<Self>, group: &str, message: BusMessage) {
-        let mut message = Some(message);
-        loop {
-            let groups = self.groups.read();
-            let Some(g) = groups.iter().find(|g| g.name == group) else {
-                return;
-            };
-            let live: Vec<_> = g.members.iter().filter(|m| !m.is_closed()).collect();
-            if live.is_empty() {
-                return;
-            }
-            let member = live[g.next.fetch_add(1, Ordering::Relaxed) % live.len()];
-            let Some(msg) = message.take() else {
-                return;
-            };
-            let ack = InProcessAck { redeliver: Some((self.clone(), group.to_owned(), msg.clone())) };
-            match member.send(Delivery::new(msg, Box::new(ack))) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(mut delivery)) => {
-                    delivery.disarm();
-                    message = Some(delivery.message);
-                }
-            }
-        }
-    }
-}
-
-// === impl InProcessAck ===
-
-#[async_trait]
-impl Acker for InProcessAck {
-    async fn ack(mut self: Box<Self>) -> Result<(), BusError> {
-        self.redeliver = None;
-        Ok(())
-    }
-}
-
-impl Drop for InProcessAck {
-    fn drop(&mut self) {
-        if let Some((inner, group, message)) = self.redeliver.take() {
-            inner.deliver(&group, message);
-        }
-    }
-}
-
-impl Delivery {
-    fn disarm(&mut self) {
-        // Only used for in-process deliveries that never reached a member.
-        self.acker = Box::new(InProcessAck { redeliver: None });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn groups_share_work_and_unacked_messages_come_back() {
-        let bus = InProcessBus::new();
-        let mut a = bus.consume("history", "tether.up.>").await.unwrap();
-        let mut other = bus.consume("rules", "tether.up.>").await.unwrap();
-        bus.publish_durable(BusMessage::new("tether.up.t.pk.dn.property", "1")).await.unwrap();
-        let first = a.next().await.unwrap();
-        assert_eq!(first.message.payload, "1");
-        other.next().await.unwrap().ack().await.unwrap();
-        // A member that drops the delivery without ack: the group gets it again.
-        drop(first);
-        let again = a.next().await.unwrap();
-        assert_eq!(again.message.payload, "1");
-        again.ack().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn core_subscribers_see_only_matching_subjects() {
-        let bus = InProcessBus::new();
-        let mut sub = bus.subscribe("tether.edge.n1.down").await.unwrap();
-        bus.publish(BusMessage::new("tether.edge.n2.down", "no")).await.unwrap();
-        bus.publish(BusMessage::new("tether.edge.n1.down", "yes")).await.unwrap();
-        assert_eq!(sub.next().await.unwrap().payload, "yes");
-    }
+fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("tether-bus-{:016x}", rand::random::<u64>()))
 }

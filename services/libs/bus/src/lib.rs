@@ -24,7 +24,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-pub use in_process::InProcessBus;
+pub use in_process::{InProcessBus, StreamLimits};
 pub use nats::{NatsBus, NatsBusConfig};
 
 /// One message on the bus.

@@ -25,7 +25,7 @@ use crate::events::header;
 use crate::{Acker, Bus, BusError, BusMessage, Consumer, Delivery, Subscription, subject};
 
 /// The subjects the stream holds: uplinks and registry events.
-const STREAM_SUBJECTS: [&str; 2] = ["tether.up.>", "tether.registry.>"];
+pub(crate) const STREAM_SUBJECTS: [&str; 2] = ["tether.up.>", "tether.registry.>"];
 
 /// How long a pull request waits on the server before the client renews it.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);

@@ -1,6 +1,7 @@
 //! The NATS adapter against a real `nats-server -js`: durable publish, consumer groups, ack and
 //! redelivery, a server restart mid-stream, core subscriptions. The group scenario also runs
-//! against the in-process bus, so both adapters are held to the same semantics.
+//! against the in-process bus (its durable stream in a temp dir), so both adapters are held to
+//! the same semantics.
 
 #![allow(clippy::unwrap_used, reason = "test helpers too: a failed unwrap is a failed test")]
 
@@ -277,7 +278,8 @@ async fn bad_requests_are_refused_as_invalid_and_a_dead_url_fails_fast() {
 
 #[tokio::test]
 async fn in_process_bus_keeps_group_semantics() {
-    group_semantics(&InProcessBus::new()).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    group_semantics(&InProcessBus::open(dir.path()).unwrap()).await;
 }
 
 #[tokio::test]
