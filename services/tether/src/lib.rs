@@ -79,7 +79,10 @@ impl Platform {
             FjallStore::open(&config.data_dir.join("store"))
                 .with_context(|| format!("cannot open the store in --data-dir {}", config.data_dir.display()))?,
         );
-        let bus = Arc::new(InProcessBus::new());
+        let bus = Arc::new(
+            InProcessBus::open(&config.data_dir.join("bus"))
+                .with_context(|| format!("cannot open the bus in --data-dir {}", config.data_dir.display()))?,
+        );
         let bus_dyn: Arc<dyn Bus> = bus.clone();
         let auth: Arc<dyn AuthService> = Arc::new(Auth::open(store.clone(), bus_dyn.clone(), &admin_key).await?);
         let store_ref = Arc::downgrade(&store);
@@ -117,14 +120,16 @@ impl Platform {
         self.gateway.local_addr()
     }
 
-    /// Disconnects every device, records it OFFLINE, stops the listeners and closes the store.
+    /// Disconnects every device, records it OFFLINE, stops the listeners and closes the bus and the
+    /// store.
     pub async fn stop(self) {
-        let Self { edge, gateway, routes, property_keeper, store, .. } = self;
+        let Self { edge, gateway, routes, property_keeper, store, bus, .. } = self;
         edge.stop().await;
         gateway.stop().await;
         property_keeper.abort();
         let _ = property_keeper.await;
         routes.close().await;
+        bus.close().await;
         // Every service lets go of the store as it stops: wait for fjall to sync and unlock, so
         // the data directory can be opened again at once.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
