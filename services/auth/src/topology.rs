@@ -96,6 +96,15 @@ fn unavailable(err: StoreError) -> TopologyError {
     TopologyError::from(store_error(err))
 }
 
+/// The checked sub-devices in the order the request named them, each once.
+fn in_request_order<'a>(
+    requested: impl Iterator<Item = &'a DeviceKey>,
+    checked: &BTreeMap<DeviceKey, Device>,
+) -> Vec<SubDevice> {
+    let mut seen = BTreeSet::new();
+    requested.filter(|d| seen.insert(*d)).filter_map(|d| checked.get(d)).map(sub_device).collect()
+}
+
 /// The number of sub-devices in one request, checked against the per-request limit.
 fn check_request_size(len: usize) -> Result<(), TopologyError> {
     if len == 0 {
@@ -222,7 +231,7 @@ impl Auth {
         if !added.is_empty() {
             self.publish_topo(&gateway_device, TopoAction::Add, &added).await;
         }
-        Ok(checked.values().map(sub_device).collect())
+        Ok(in_request_order(signs.iter().map(|s| &s.device), &checked))
     }
 
     pub(crate) async fn remove_topology_impl(
@@ -250,7 +259,7 @@ impl Auth {
         if !removed.is_empty() {
             self.publish_topo(&gateway_device, TopoAction::Remove, &removed).await;
         }
-        Ok(checked.values().map(sub_device).collect())
+        Ok(in_request_order(subs.iter(), &checked))
     }
 
     pub(crate) fn topology_impl(

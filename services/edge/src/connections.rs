@@ -1,17 +1,23 @@
 //! The live connections of this edge node, by device: how a takeover, a disable or a shutdown
 //! reaches a connection that lives on another worker thread.
+//!
+//! A sub-device logged in through a gateway maps to the gateway's connection (its messages
+//! travel there) and carries its own session; ending such a session logs the sub-device out and
+//! leaves the gateway's connection alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tether_bus::Subscription;
 use tether_bus::downlink::Downlink;
+use tether_contract::{DeviceSession, now_ms};
 use tether_model::DeviceKey;
 use tokio::sync::mpsc;
 
 use crate::EdgeShared;
+use crate::session::ClosedSession;
 
 /// Why the platform closes a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,21 +45,32 @@ pub struct ConnHandle {
     /// The route the session was recorded with (for re-registering after a routes outage).
     pub route: tether_store::Route,
     pub commands: mpsc::UnboundedSender<ConnCommand>,
+    /// Set for a sub-device logged in through a gateway (whose connection `conn_id` is).
+    pub sub_device: Option<DeviceSession>,
 }
 
 /// Device → its live connection on this node.
-#[derive(Default)]
 pub struct Connections {
     by_device: Mutex<HashMap<DeviceKey, ConnHandle>>,
+    /// Gateway connection → the sub-devices it logged in; an entry is live while `by_device`
+    /// still maps the sub-device to that connection (lock order: `by_device` first).
+    sub_devices: Mutex<HashMap<u64, HashSet<DeviceKey>>>,
+    /// Where ended sub-device sessions are reported (the presence recorder).
+    closed: mpsc::UnboundedSender<ClosedSession>,
 }
 
 // === impl Connections ===
 
 impl Connections {
-    /// Registers a new connection and kicks the one it replaces.
+    pub fn new(closed: mpsc::UnboundedSender<ClosedSession>) -> Self {
+        Self { by_device: Mutex::default(), sub_devices: Mutex::default(), closed }
+    }
+
+    /// Registers a new connection and kicks the one it replaces (a sub-device session it
+    /// replaces just ends here: the new session has its route, the gateway stays).
     pub fn insert(&self, device: &DeviceKey, handle: ConnHandle) {
         let previous = self.by_device.lock().insert(device.clone(), handle);
-        if let Some(previous) = previous {
+        if let Some(previous) = previous.filter(|p| p.sub_device.is_none()) {
             let _ = previous.commands.send(ConnCommand::Kick(KickReason::SessionTakenOver));
         }
     }
@@ -66,8 +83,15 @@ impl Connections {
         }
     }
 
+    /// Closes the device's session: its connection, or its login through a gateway.
     pub fn kick(&self, device: &DeviceKey, reason: KickReason) -> bool {
-        match self.by_device.lock().get(device) {
+        let map = self.by_device.lock();
+        match map.get(device) {
+            Some(handle) if handle.sub_device.is_some() => {
+                let conn_id = handle.conn_id;
+                drop(map);
+                self.log_out_sub_device(device, conn_id)
+            }
             Some(handle) => handle.commands.send(ConnCommand::Kick(reason)).is_ok(),
             None => false,
         }
@@ -75,9 +99,84 @@ impl Connections {
 
     /// Kicks `conn_id` only if it is still the device's connection here.
     pub fn kick_connection(&self, device: &DeviceKey, conn_id: u64, reason: KickReason) -> bool {
-        match self.by_device.lock().get(device) {
+        let map = self.by_device.lock();
+        match map.get(device) {
+            Some(handle) if handle.conn_id == conn_id && handle.sub_device.is_some() => {
+                drop(map);
+                self.log_out_sub_device(device, conn_id)
+            }
             Some(handle) if handle.conn_id == conn_id => handle.commands.send(ConnCommand::Kick(reason)).is_ok(),
             _ => false,
+        }
+    }
+
+    /// Logs `session`'s device in through the gateway connection `conn_id` (replacing any
+    /// session it had here); false when that connection is no longer the gateway's.
+    pub fn log_in_sub_device(
+        &self,
+        gateway: &DeviceKey,
+        conn_id: u64,
+        session: DeviceSession,
+        route: tether_store::Route,
+    ) -> bool {
+        let commands = match self.by_device.lock().get(gateway) {
+            Some(handle) if handle.conn_id == conn_id && handle.sub_device.is_none() => handle.commands.clone(),
+            _ => return false,
+        };
+        let device = session.device.clone();
+        self.sub_devices.lock().entry(conn_id).or_default().insert(device.clone());
+        self.insert(&device, ConnHandle { conn_id, route, commands, sub_device: Some(session) });
+        true
+    }
+
+    /// The id of the device's own connection here.
+    pub fn connection_of(&self, device: &DeviceKey) -> Option<u64> {
+        self.by_device.lock().get(device).filter(|h| h.sub_device.is_none()).map(|h| h.conn_id)
+    }
+
+    /// The session of a sub-device logged in through connection `conn_id`.
+    pub fn sub_device(&self, device: &DeviceKey, conn_id: u64) -> Option<DeviceSession> {
+        match self.by_device.lock().get(device) {
+            Some(handle) if handle.conn_id == conn_id => handle.sub_device.clone(),
+            _ => None,
+        }
+    }
+
+    /// The sessions of the sub-devices logged in through connection `conn_id`.
+    pub fn sub_devices(&self, conn_id: u64) -> Vec<DeviceSession> {
+        let map = self.by_device.lock();
+        let subs = self.sub_devices.lock();
+        let logged_in = subs.get(&conn_id).into_iter().flatten();
+        logged_in.filter_map(|d| map.get(d).filter(|h| h.conn_id == conn_id)?.sub_device.clone()).collect()
+    }
+
+    /// Ends a sub-device's session through connection `conn_id` and reports it closed (the
+    /// recorder flips it OFFLINE unless it is online elsewhere by now); false when it was not
+    /// logged in there.
+    pub fn log_out_sub_device(&self, device: &DeviceKey, conn_id: u64) -> bool {
+        let mut map = self.by_device.lock();
+        let Some(handle) = map.get(device).filter(|h| h.conn_id == conn_id && h.sub_device.is_some()) else {
+            return false;
+        };
+        let client_ip = handle.route.client_ip.clone();
+        let Some(session) = map.remove(device).and_then(|h| h.sub_device) else {
+            return false;
+        };
+        drop(map);
+        if let Some(subs) = self.sub_devices.lock().get_mut(&conn_id) {
+            subs.remove(device);
+        }
+        let _ = self.closed.send(ClosedSession::new(session, conn_id, client_ip, now_ms()));
+        true
+    }
+
+    /// Logs out every sub-device of the gateway connection `conn_id` (it has ended).
+    pub fn log_out_sub_devices(&self, conn_id: u64) {
+        let Some(subs) = self.sub_devices.lock().remove(&conn_id) else {
+            return;
+        };
+        for device in subs {
+            self.log_out_sub_device(&device, conn_id);
         }
     }
 
@@ -94,12 +193,13 @@ impl Connections {
         self.by_device.lock().iter().map(|(device, handle)| (device.clone(), handle.route.clone())).collect()
     }
 
+    /// The devices with a connection of their own here (sub-devices go with their gateway's).
     pub fn devices(&self) -> Vec<DeviceKey> {
-        self.by_device.lock().keys().cloned().collect()
+        self.by_device.lock().iter().filter(|(_, h)| h.sub_device.is_none()).map(|(d, _)| d.clone()).collect()
     }
 
     pub fn kick_all(&self, reason: KickReason) {
-        for handle in self.by_device.lock().values() {
+        for handle in self.by_device.lock().values().filter(|h| h.sub_device.is_none()) {
             let _ = handle.commands.send(ConnCommand::Kick(reason));
         }
     }

@@ -12,6 +12,7 @@ mod connections;
 mod models;
 mod mqtt;
 mod session;
+mod subdevices;
 mod uplink;
 
 use std::net::SocketAddr;
@@ -72,6 +73,7 @@ pub struct Edge {
     remote_kicks: JoinHandle<()>,
     model_changes: JoinHandle<()>,
     downlinks: JoinHandle<()>,
+    topo_changes: JoinHandle<()>,
 }
 
 /// The live sessions of an edge, reachable from any thread.
@@ -132,11 +134,13 @@ impl Edge {
             .subscribe(&subject::edge_down(&config.node_id))
             .await
             .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+        let topo_changes =
+            deps.bus.subscribe(subject::ALL_TOPO).await.map_err(|e| EdgeError::Runtime(e.to_string()))?;
         let models = Arc::new(ThingModels::new(deps.thing.clone()));
         let shared = Arc::new(EdgeShared {
             config,
             deps,
-            connections: Connections::default(),
+            connections: Connections::new(closed.clone()),
             models: models.clone(),
             metrics: EdgeMetrics::default(),
             next_conn_id: AtomicU64::new(1),
@@ -152,8 +156,19 @@ impl Edge {
         let remote_kicks = tokio::spawn(connections::kick_on_request(shared.clone(), kicks));
         let model_changes = tokio::spawn(models::forget_changed(models, model_changes));
         let downlinks = tokio::spawn(connections::deliver_downlinks(shared.clone(), downlinks));
+        let topo_changes = tokio::spawn(subdevices::log_out_detached(shared.clone(), topo_changes));
         tracing::info!(addr = %local_addr, node = %shared.config.node_id, "mqtt listener started");
-        Ok(Self { local_addr, shared, server, presence, lifecycle, remote_kicks, model_changes, downlinks })
+        Ok(Self {
+            local_addr,
+            shared,
+            server,
+            presence,
+            lifecycle,
+            remote_kicks,
+            model_changes,
+            downlinks,
+            topo_changes,
+        })
     }
 
     /// Adds the edge's metrics to `registry`.
@@ -190,7 +205,8 @@ impl Edge {
     /// Stops accepting, disconnects the devices spread evenly over `over` (so they reconnect to
     /// other edges gradually; v5 clients get 0x8B and the server reference), then stops.
     pub async fn drain(self, over: std::time::Duration) {
-        let Self { shared, server, presence, lifecycle, remote_kicks, model_changes, downlinks, .. } = self;
+        let Self { shared, server, presence, lifecycle, remote_kicks, model_changes, downlinks, topo_changes, .. } =
+            self;
         server.pause().await;
         let devices = shared.connections.devices();
         let pause = over.checked_div(u32::try_from(devices.len()).unwrap_or(u32::MAX).max(1)).unwrap_or_default();
@@ -203,7 +219,7 @@ impl Edge {
         }
         shared.connections.kick_all(KickReason::ServerShuttingDown);
         server.stop().await;
-        for task in [lifecycle, remote_kicks, model_changes, downlinks] {
+        for task in [lifecycle, remote_kicks, model_changes, downlinks, topo_changes] {
             task.abort();
             let _ = task.await;
         }

@@ -165,22 +165,14 @@ impl Connection {
             client_ip: client_ip.clone(),
         };
         let (commands, command_rx) = mpsc::unbounded_channel();
-        shared.connections.insert(&session.device, ConnHandle { conn_id, route: route.clone(), commands });
+        shared
+            .connections
+            .insert(&session.device, ConnHandle { conn_id, route: route.clone(), commands, sub_device: None });
         ntex_rt::spawn(run_commands(command_rx, sink.clone(), shared.config.server_reference.clone()));
 
         match shared.deps.routes.connect(&session.device, route).await {
             Ok(Some(previous)) if previous.node != shared.config.node_id => {
-                // The device's old session lives on another edge: ask that edge to close it.
-                let request = KickRequest {
-                    product_key: session.device.product_key.to_string(),
-                    device_name: session.device.device_name.to_string(),
-                    conn_id: previous.conn_id,
-                };
-                let body = serde_json::to_vec(&request).expect("kick request serializes");
-                let message = tether_bus::BusMessage::new(subject::edge_kick(&previous.node), body);
-                if let Err(error) = shared.deps.bus.publish(message).await {
-                    tracing::warn!(device = %session.device, node = %previous.node, %error, "remote takeover kick not sent");
-                }
+                kick_remote(shared, &session.device, &previous).await;
             }
             Ok(Some(own)) if own.conn_id == conn_id => {
                 // A session that connected later already holds the device: this one must drop.
@@ -213,7 +205,10 @@ impl Connection {
     pub fn subscribe(&self, filter: &str) -> bool {
         let session = &self.inner.session;
         match SubscribeFilter::parse(filter) {
-            Ok(parsed) if may_subscribe(&session.device, &session.topic_classes, &parsed) => {
+            Ok(parsed)
+                if may_subscribe(&session.device, &session.topic_classes, &parsed)
+                    || self.may_subscribe_for_sub_device(&parsed) =>
+            {
                 self.inner.subscriptions.borrow_mut().push(parsed);
                 true
             }
@@ -237,11 +232,27 @@ impl std::ops::Deref for Connection {
     }
 }
 
+/// Asks the edge holding `previous` (another node) to close that session of `device`.
+pub(crate) async fn kick_remote(shared: &EdgeShared, device: &tether_model::DeviceKey, previous: &tether_store::Route) {
+    let request = KickRequest {
+        product_key: device.product_key.to_string(),
+        device_name: device.device_name.to_string(),
+        conn_id: previous.conn_id,
+    };
+    let body = serde_json::to_vec(&request).expect("kick request serializes");
+    let message = tether_bus::BusMessage::new(subject::edge_kick(&previous.node), body);
+    if let Err(error) = shared.deps.bus.publish(message).await {
+        tracing::warn!(%device, node = %previous.node, %error, "remote takeover kick not sent");
+    }
+}
+
 // === impl ConnState ===
 
 impl Drop for ConnState {
     fn drop(&mut self) {
         self.shared.connections.remove(&self.session.device, self.conn_id);
+        // Its sub-devices end with the gateway's connection, however it ended.
+        self.shared.connections.log_out_sub_devices(self.conn_id);
         let closed = ClosedSession {
             session: self.session.clone(),
             conn_id: self.conn_id,
@@ -279,6 +290,14 @@ async fn run_commands(
     }
 }
 
+// === impl ClosedSession ===
+
+impl ClosedSession {
+    pub fn new(session: DeviceSession, conn_id: u64, client_ip: String, at: i64) -> Self {
+        Self { session, conn_id, client_ip, at }
+    }
+}
+
 /// Records each closed session: OFFLINE, unless the device has already reconnected.
 pub async fn record_closed_sessions(deps: EdgeDeps, node: String, mut closed: mpsc::UnboundedReceiver<ClosedSession>) {
     while let Some(ClosedSession { session, conn_id, client_ip, at }) = closed.recv().await {
@@ -294,7 +313,7 @@ pub async fn record_closed_sessions(deps: EdgeDeps, node: String, mut closed: mp
     }
 }
 
-async fn publish_status(deps: &EdgeDeps, message: tether_bus::BusMessage) {
+pub(crate) async fn publish_status(deps: &EdgeDeps, message: tether_bus::BusMessage) {
     if let Err(error) = deps.bus.publish_durable(message).await {
         tracing::warn!(%error, "status event not published");
     }

@@ -16,6 +16,7 @@ use tether_model::topic::{NtpDirection, ShadowOp, SysKind, may_publish};
 use tether_model::{AlinkCode, AlinkReply, AlinkRequest, DeviceKey, Topic};
 
 use crate::session::Connection;
+use crate::subdevices;
 
 /// What became of a PUBLISH; the MQTT adapters turn it into a PUBACK (v5 reason codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +86,8 @@ impl Connection {
                 PublishOutcome::Accepted
             }
             Topic::Shadow { op: ShadowOp::Update, .. } => self.ask_thing(&session, topic, payload).await,
-            // Custom topics, sessions and custom RRPC answers are taken by the services that own
+            Topic::Session { path, .. } => self.on_session_request(&session, &parsed, path, &payload).await,
+            // Custom topics and custom RRPC answers are taken by the services that own
             // them as they arrive; until then they are accepted and not forwarded.
             _ => {
                 tracing::debug!(%device, %topic, "publish accepted without a handler");
@@ -94,10 +96,11 @@ impl Connection {
         }
     }
 
-    /// The session a publish acts for: the connection's own device for its own topics.
+    /// The session a publish acts for: the connection's own device for its own topics, a
+    /// sub-device logged in through this (gateway) connection for the sub-device's.
     fn acting_session(&self, topic: &Topic) -> Option<Cow<'_, DeviceSession>> {
         match topic.device() {
-            Some(device) if device != &self.session.device => None,
+            Some(device) if device != &self.session.device => self.sub_device_session(device).map(Cow::Owned),
             _ => Some(Cow::Borrowed(&self.session)),
         }
     }
@@ -120,6 +123,9 @@ impl Connection {
             }
             Some(SysKind::Request(path)) if THING_REQUESTS.contains(&path) => {
                 self.ask_thing(session, &topic.to_string(), payload.clone()).await
+            }
+            Some(SysKind::Request(path)) if subdevices::is_topology_request(path) => {
+                self.on_topology_request(session, topic, path, payload).await
             }
             _ => {
                 let request = AlinkRequest::decode(payload).ok();

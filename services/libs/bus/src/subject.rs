@@ -49,6 +49,14 @@ pub fn lifecycle(tenant: &TenantId, device: &DeviceKey) -> String {
     )
 }
 
+/// `tether.registry.<tenant>.<pk>.product`: a product deleted.
+pub fn product_lifecycle(tenant: &TenantId, product_key: &tether_model::ProductKey) -> String {
+    format!("tether.registry.{}.{}.product", token(tenant.as_str()), token(product_key.as_str()))
+}
+
+/// Every registry event: device and product lifecycles.
+pub const ALL_REGISTRY: &str = "tether.registry.>";
+
 /// `tether.edge.<node>.kick`: close a session that a CONNECT on another node has taken over.
 pub fn edge_kick(node: &str) -> String {
     format!("tether.edge.{}.kick", token(node))
@@ -64,6 +72,9 @@ pub const THING_MODEL_CHANGED: &str = "tether.thing.model";
 
 /// Every device lifecycle event.
 pub const ALL_LIFECYCLE: &str = "tether.registry.*.*.*.lifecycle";
+
+/// Every gateway topology change (auth publishes them; edges log out detached sub-devices).
+pub const ALL_TOPO: &str = "tether.up.*.*.*.topo";
 
 /// Every uplink of every tenant.
 pub const ALL_UPLINKS: &str = "tether.up.>";
