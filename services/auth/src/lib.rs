@@ -319,6 +319,12 @@ impl AuthService for Auth {
         }
         self.store.delete(&format!("product/{product_key}"), Expect::Any).await.map_err(store_error)?;
         self.registry.write().products.remove(product_key);
+        // The thing service forgets the product's thing model when it sees this.
+        let body = json!({ "action": "delete", "productKey": product_key, "messageCreateTime": now_ms() });
+        let message = BusMessage::new(subject::product_lifecycle(tenant, product_key), body.to_string());
+        if let Err(error) = self.bus.publish_durable(message).await {
+            tracing::warn!(%product_key, %error, "product lifecycle event not published");
+        }
         Ok(())
     }
 

@@ -88,9 +88,9 @@ impl Platform {
         let store_ref = Arc::downgrade(&store);
         let routes = LocalRoutes::open(store.clone(), now_ms()).await?;
         let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
-        let thing = Thing::new(store.clone(), bus_dyn.clone(), routes_dyn.clone());
+        let thing = Arc::new(Thing::new(store.clone(), bus_dyn.clone(), routes_dyn.clone()));
         let property_keeper = thing.keep_latest_properties().await?;
-        let thing: Arc<dyn ThingService> = Arc::new(thing);
+        let thing: Arc<dyn ThingService> = thing;
 
         let edge_config = EdgeConfig {
             mqtt_addr: config.mqtt_addr,

@@ -10,6 +10,7 @@
 
 mod properties;
 mod records;
+mod registry;
 mod requests;
 mod shadow;
 
@@ -46,17 +47,23 @@ impl Thing {
         Self { records: Records::new(store), bus, routes }
     }
 
-    /// Joins the `thing` consumer group and keeps the latest properties until the bus closes.
-    pub async fn keep_latest_properties(&self) -> Result<JoinHandle<()>, BusError> {
-        let consumer = self.bus.consume(CONSUMER_GROUP, PROPERTY_POSTS).await?;
-        Ok(tokio::spawn(properties::keep_latest(self.records.clone(), consumer)))
+    /// Joins the service's consumer groups and runs them until the bus closes: the latest
+    /// properties from property posts ([`CONSUMER_GROUP`]), and the removal of what deleted
+    /// devices and products left ([`registry::CONSUMER_GROUP`]).
+    pub async fn keep_latest_properties(self: &Arc<Self>) -> Result<JoinHandle<()>, BusError> {
+        let posts = self.bus.consume(CONSUMER_GROUP, PROPERTY_POSTS).await?;
+        let lifecycles = self.bus.consume(registry::CONSUMER_GROUP, subject::ALL_REGISTRY).await?;
+        let thing = self.clone();
+        Ok(tokio::spawn(async move {
+            tokio::join!(properties::keep_latest(thing.records.clone(), posts), thing.forget_deleted(lifecycles));
+        }))
     }
 
     async fn thing_model(&self, product_key: &ProductKey) -> Result<Option<Tsl>, ServiceError> {
         let stored: Option<Value> = self.records.get(&records::model_key(product_key)).await?;
         stored
             .map(|json| {
-                Tsl::parse(json.to_string().as_bytes())
+                Tsl::from_json(&json)
                     .map_err(|e| ServiceError::Internal(format!("stored thing model of {product_key}: {e}")))
             })
             .transpose()

@@ -57,6 +57,10 @@ impl Records {
         Ok(())
     }
 
+    pub async fn delete(&self, key: &str, expect: Expect) -> Result<(), ServiceError> {
+        self.store.delete(key, expect).await.map_err(store_error)
+    }
+
     /// Applies `step` to the stored record with compare-and-set, retrying when another writer
     /// got there first; returns what the winning `step` returned.
     pub async fn update<T, R, E>(

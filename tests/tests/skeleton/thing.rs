@@ -47,11 +47,17 @@ fn device_path(creds: &DeviceCredentials, suffix: &str) -> String {
 }
 
 fn post(id: &str, params: Value) -> Vec<u8> {
-    json!({"id": id, "version": "1.0", "params": params, "method": "thing.event.property.post"}).to_string().into_bytes()
+    json!({"id": id, "version": "1.0", "params": params, "method": "thing.event.property.post"})
+        .to_string()
+        .into_bytes()
 }
 
 /// Waits until the latest properties satisfy `check`.
-async fn latest_properties(platform: &TestPlatform, creds: &DeviceCredentials, check: impl Fn(&Value) -> bool) -> Value {
+async fn latest_properties(
+    platform: &TestPlatform,
+    creds: &DeviceCredentials,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     eventually("latest properties", Duration::from_secs(10), || async {
         let (status, body) = platform.api.get(&device_path(creds, "/properties")).await;
         (status == StatusCode::OK && check(&body["items"])).then_some(body["items"].clone())
@@ -79,7 +85,11 @@ async fn property_posts_are_validated_against_the_thing_model() {
 
     // Plain and {value, time} values; an unknown property is dropped and the post still succeeds.
     let reply = device
-        .request(&creds, POST, &post("4", json!({"Temp": {"value": 21, "time": 1_700_000_000_000_i64}, "Mode": 1, "Bogus": 5})))
+        .request(
+            &creds,
+            POST,
+            &post("4", json!({"Temp": {"value": 21, "time": 1_700_000_000_000_i64}, "Mode": 1, "Bogus": 5})),
+        )
         .await;
     assert_eq!((reply["code"].as_i64(), reply["message"].as_str()), (Some(200), Some("success")), "{reply}");
     let items = latest_properties(&platform, &creds, |items| items.get("Mode").is_some()).await;
@@ -169,7 +179,10 @@ async fn events_are_validated_replied_and_forwarded() {
     assert_eq!(event["value"], json!({"level": 2}));
     assert_eq!(event["time"], 1_700_000_000_000_i64);
     assert_eq!(event["deviceName"], creds.device_name.as_str());
-    assert_eq!(delivery.message.headers["topic"], format!("/{}/{}/thing/event/Overheat/post", creds.product_key, creds.device_name));
+    assert_eq!(
+        delivery.message.headers["topic"],
+        format!("/{}/{}/thing/event/Overheat/post", creds.product_key, creds.device_name)
+    );
     delivery.ack().await.unwrap();
     platform.stop().await;
 }
@@ -261,7 +274,8 @@ async fn history_and_pack_posts_backfill_with_device_times() {
     let items = latest_properties(&platform, &creds, |items| items.get("Temp").is_some()).await;
     assert_eq!(items["Temp"], json!({"value": 14, "time": 1_600_000_060_000_i64}));
 
-    let bad = json!({"id": "2", "params": [{"identity": identity, "properties": [{"Temp": {"value": 99, "time": 1}}]}]});
+    let bad =
+        json!({"id": "2", "params": [{"identity": identity, "properties": [{"Temp": {"value": 99, "time": 1}}]}]});
     let reply = device.request(&creds, "thing/event/property/history/post", bad.to_string().as_bytes()).await;
     assert_eq!(reply["code"], 460, "{reply}");
     assert!(reply["message"].as_str().unwrap().starts_with("params[0].Temp"), "{reply}");
@@ -284,7 +298,9 @@ async fn ntp_times_let_the_device_compute_the_clock() {
     let mut device = Device::connect(platform.mqtt_addr(), &creds).await;
     let (pk, dn) = (&creds.product_key, &creds.device_name);
     let sent = tether_contract::now_ms();
-    device.publish(&format!("/ext/ntp/{pk}/{dn}/request"), json!({"deviceSendTime": sent.to_string()}).to_string()).await;
+    device
+        .publish(&format!("/ext/ntp/{pk}/{dn}/request"), json!({"deviceSendTime": sent.to_string()}).to_string())
+        .await;
     let response = device.next_message().await;
     let received = tether_contract::now_ms();
     let body = response.json();
@@ -329,7 +345,10 @@ async fn the_shadow_keeps_versions_and_pushes_desired_state() {
 
     // The cloud sets desired state: the online device gets a control push.
     let path = format!("/products/{pk}/devices/{dn}/shadow");
-    let (status, body) = platform.api.put(&path, json!({"method": "update", "state": {"desired": {"color": "green"}}, "version": 3})).await;
+    let (status, body) = platform
+        .api
+        .put(&path, json!({"method": "update", "state": {"desired": {"color": "green"}}, "version": 3}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let push = device.next_message().await;
     assert_eq!(push.topic, get_topic);
@@ -350,12 +369,17 @@ async fn concurrent_shadow_writers_never_both_win() {
         let writes = (0..10).map(|i| {
             let api = platform.api.clone();
             let path = path.clone();
-            async move { api.put(&path, json!({"method": "update", "state": {"desired": {"writer": i}}, "version": version})).await }
+            async move {
+                api.put(&path, json!({"method": "update", "state": {"desired": {"writer": i}}, "version": version}))
+                    .await
+            }
         });
         let results = futures::future::join_all(writes).await;
         let winners: Vec<_> = results.iter().filter(|(status, _)| *status == StatusCode::OK).collect();
         assert_eq!(winners.len(), 1, "round {version}: {results:?}");
-        let losers = results.iter().filter(|(status, body)| *status == StatusCode::BAD_REQUEST && body["message"].as_str().unwrap_or_default().contains("version"));
+        let losers = results.iter().filter(|(status, body)| {
+            *status == StatusCode::BAD_REQUEST && body["message"].as_str().unwrap_or_default().contains("version")
+        });
         assert_eq!(losers.count(), 9, "round {version}: {results:?}");
         let (_, document) = platform.api.get(&path).await;
         assert_eq!(document["version"], version);
@@ -392,5 +416,43 @@ async fn a_restart_keeps_thing_models_tags_properties_and_shadows() {
     // The thing model still validates after the restart.
     let mut device = Device::connect(platform.mqtt_addr(), &creds).await;
     assert_eq!(device.request(&creds, POST, &post("3", json!({"Temp": 500}))).await["code"], 460);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_or_product_created_again_starts_empty() {
+    let platform = TestPlatform::start().await;
+    let creds = thermostat_device(&platform).await;
+    let mut device = Device::connect(platform.mqtt_addr(), &creds).await;
+    assert_eq!(device.request(&creds, POST, &post("1", json!({"Temp": 22}))).await["code"], 200);
+    let update = json!({"id": "2", "params": [{"attrKey": "room", "attrValue": "hall"}]});
+    assert_eq!(device.request(&creds, "thing/deviceinfo/update", update.to_string().as_bytes()).await["code"], 200);
+    latest_properties(&platform, &creds, |items| items.get("Temp").is_some()).await;
+    let (status, body) = platform.api.delete(&device_path(&creds, "")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    device.closed().await;
+
+    let path = format!("/products/{}/devices", creds.product_key);
+    let (status, body) = platform.api.post(&path, json!({"deviceName": creds.device_name})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    eventually("the old device's records removed", Duration::from_secs(10), || async {
+        let (_, properties) = platform.api.get(&device_path(&creds, "/properties")).await;
+        let (_, device) = platform.api.get(&device_path(&creds, "")).await;
+        (properties["items"] == json!({}) && device["tags"] == json!([])).then_some(())
+    })
+    .await;
+
+    let (status, body) = platform.api.delete(&device_path(&creds, "")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = platform.api.delete(&format!("/products/{}", creds.product_key)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) =
+        platform.api.post("/products", json!({"name": "again", "productKey": creds.product_key})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    eventually("the old product's thing model removed", Duration::from_secs(10), || async {
+        let (status, _) = platform.api.get(&format!("/products/{}/thing-model", creds.product_key)).await;
+        (status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
     platform.stop().await;
 }
