@@ -1,5 +1,5 @@
 //! Interop: the unmodified official Aliyun Python device SDK (`aliyun-iot-linkkit`, on
-//! paho-mqtt 1.x) against Tether. The SDK side is `tests/interop/linkkit_property_post.py`, run
+//! paho-mqtt 1.x) against Tether. The SDK side is a script in `tests/interop/` per scenario, run
 //! with the repository's virtualenv (`make deps` creates it).
 
 use std::fs::File;
@@ -264,5 +264,85 @@ async fn python_linkkit_sdk_posts_an_event_and_updates_tags() {
         device["tags"],
         json!([{"attrKey": "floor", "attrValue": "3"}, {"attrKey": "room", "attrValue": "lab"}])
     );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_linkkit_gateway_attaches_and_logs_in_a_sub_device() {
+    let python = venv_python();
+    let platform = TestPlatform::start().await;
+    let (status, body) = platform.api.post("/products", json!({"name": "gateway", "nodeType": "gateway"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let gateway = platform.register_device(body["productKey"].as_str().unwrap()).await;
+    let sub = platform.device().await;
+    let addr = platform.mqtt_addr();
+
+    let mut script = Script::spawn(
+        &python,
+        "linkkit_gateway.py",
+        &[
+            "--host".into(),
+            addr.ip().to_string(),
+            "--port".into(),
+            addr.port().to_string(),
+            "--product-key".into(),
+            gateway.product_key.clone(),
+            "--device-name".into(),
+            gateway.device_name.clone(),
+            "--device-secret".into(),
+            gateway.device_secret.clone(),
+            "--sub-product-key".into(),
+            sub.product_key.clone(),
+            "--sub-device-name".into(),
+            sub.device_name.clone(),
+            "--sub-device-secret".into(),
+            sub.device_secret.clone(),
+            "--timeout".into(),
+            SCRIPT_STEP_TIMEOUT_SECS.to_string(),
+            "--hold".into(),
+        ],
+    );
+
+    // The SDK holds the gateway's connection (`--hold`) after the login: the sub-device is ONLINE.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(SCRIPT_STEP_TIMEOUT_SECS * 3);
+    loop {
+        let (status, body) = platform.status(&sub).await;
+        if status == "ONLINE" {
+            break;
+        }
+        if let Some(exit) = script.child().try_wait().expect("poll script") {
+            panic!("the script exited before the sub-device was ONLINE ({body}):\n{}", script.exited_output(exit));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sub-device not ONLINE in time ({body}); script stderr:\n{}",
+            script.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = format!("/products/{}/devices/{}/sub-devices", gateway.product_key, gateway.device_name);
+    let (status, topology) = platform.api.get(&path).await;
+    assert_eq!(status, StatusCode::OK, "{topology}");
+    assert_eq!(topology["items"][0]["deviceName"], sub.device_name.as_str(), "{topology}");
+
+    script.release();
+    let output = script.output().await;
+    let report = format!("exit: {}\nstdout: {}\nstderr:\n{}", output.status, output.stdout, output.stderr);
+    let line = output.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let observed: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line from the script ({e}):\n{report}"));
+    eprintln!("the SDK observed: {observed}");
+    assert!(output.status.success(), "the SDK run failed: {observed}\n{report}");
+    let identity = json!({"productKey": sub.product_key, "deviceName": sub.device_name});
+    assert_eq!(observed["topo_add"]["data"], json!([identity]), "{observed}");
+    assert_eq!(observed["login"]["data"], json!([identity]), "{observed}");
+    assert_eq!((&observed["sub_post_reply"]["id"], &observed["sub_post_reply"]["code"]), (&json!("77"), &json!(200)));
+    assert_eq!(observed["logout"]["code"], 200, "{observed}");
+
+    // Logged out by the SDK, then the gateway gone: the sub-device is OFFLINE.
+    eventually("sub-device OFFLINE", Duration::from_secs(10), || async {
+        (platform.status(&sub).await.0 == "OFFLINE").then_some(())
+    })
+    .await;
     platform.stop().await;
 }

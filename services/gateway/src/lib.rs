@@ -9,6 +9,7 @@ mod extract;
 mod openapi;
 mod routes;
 mod things;
+mod topology;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

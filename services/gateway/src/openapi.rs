@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{routes, things};
+use crate::{routes, things, topology};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use crate::{routes, things};
         routes::delete_device, routes::device_action, routes::device_status,
         things::put_thing_model, things::get_thing_model, things::latest_properties, things::device_tags,
         things::desired_properties, things::set_desired_properties, things::get_shadow, things::update_shadow,
+        topology::sub_devices,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -36,7 +36,8 @@ pub fn router(deps: GatewayDeps) -> Router {
             get(get_device).delete(delete_device).post(device_action),
         )
         .route("/products/{product_key}/devices/{device_name}/status", get(device_status))
-        .merge(crate::things::router());
+        .merge(crate::things::router())
+        .merge(crate::topology::router());
     Router::new().nest("/api/v1", api).with_state(Arc::new(deps))
 }
 

@@ -4,6 +4,7 @@
 
 mod api;
 mod connect;
+mod gateway;
 mod presence;
 mod thing;
 mod thing_api;
