@@ -456,36 +456,4 @@ fn identities(devices: impl Iterator<Item = DeviceKey>) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signs_read_as_the_official_sdks_send_them() {
-        // thing/topo/add: `signmethod`, lower-case key, per device.
-        let topo = json!({"productKey": "lamp", "deviceName": "s1", "clientId": "lamp.s1",
-            "timestamp": "1700000000000", "signmethod": "hmacSha256", "sign": "ab"});
-        let sign = sub_device_sign(&topo, None, "params[0]").unwrap();
-        assert_eq!((sign.sign_method, sign.client_id.as_str()), (SignMethod::HmacSha256, "lamp.s1"));
-        // combine/batch_login: `signMethod` once for the batch, numbers as timestamps.
-        let login = json!({"productKey": "lamp", "deviceName": "s1", "clientId": "lamp.s1|lan=Python|",
-            "timestamp": 1700000000000_i64, "sign": "ab", "cleanSession": "false"});
-        let sign = sub_device_sign(&login, Some("HMACMD5"), "params.deviceList[0]").unwrap();
-        assert_eq!((sign.sign_method, sign.timestamp.as_deref()), (SignMethod::HmacMd5, Some("1700000000000")));
-        assert_eq!(sub_device_sign(&login, None, "p").unwrap_err().code, AlinkCode::ParamError);
-        assert_eq!(sub_device_sign(&login, Some("rsa"), "p").unwrap_err().code, AlinkCode::ParamError);
-    }
-
-    #[test]
-    fn bad_names_and_lists_get_their_codes() {
-        let bad_name = json!({"productKey": "lamp", "deviceName": "a/b"});
-        assert_eq!(device_key(&bad_name, "params").unwrap_err().code, AlinkCode::BadSubDeviceName);
-        let no_product = json!({"deviceName": "x"});
-        assert_eq!(device_key(&no_product, "params").unwrap_err().code, AlinkCode::ParamError);
-        assert_eq!(list(&json!({}), "params").unwrap_err().code, AlinkCode::ParamError);
-        assert_eq!(list(&json!([]), "params").unwrap_err().code, AlinkCode::ParamError);
-        // Batch logout: a bare list (the Python SDK) or a deviceList.
-        let item = json!({"productKey": "lamp", "deviceName": "x"});
-        assert_eq!(device_list(&json!([item.clone()])).unwrap().len(), 1);
-        assert_eq!(device_list(&json!({"deviceList": [item]})).unwrap().len(), 1);
-    }
-}
+mod tests;
