@@ -305,13 +305,14 @@ impl Connection {
 
     /// Checks a property post's values against the device's thing model: the properties to
     /// keep (unknown ones are dropped and counted, as Aliyun does), or why the post is refused.
-    async fn check_properties(
+    async fn check_properties<'a>(
         &self,
         device: &DeviceKey,
-        params: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, Refusal> {
+        params: &'a Map<String, Value>,
+    ) -> Result<Cow<'a, Map<String, Value>>, Refusal> {
+        check_times(params, now_ms())?;
         let Some(model) = self.model_of(device).await? else {
-            return Ok(params.clone());
+            return Ok(Cow::Borrowed(params));
         };
         let check = model.check_properties(params);
         if let Some(error) = check.error {
@@ -321,7 +322,7 @@ impl Connection {
             self.shared.metrics.unknown_properties.inc_by(check.unknown.len() as u64);
             tracing::debug!(%device, unknown = ?check.unknown, "properties not in the thing model dropped");
         }
-        Ok(check.accepted)
+        Ok(Cow::Owned(check.accepted))
     }
 
     /// The bus message of a property post by `owner`; `None` when nothing is left to keep.
@@ -493,6 +494,23 @@ fn param_error(message: impl Into<String>) -> Refusal {
 /// A refusal about a part of a request, with the part's path in front.
 fn prefixed(field: &str, (code, message): Refusal) -> Refusal {
     (code, format!("{field}.{message}"))
+}
+
+/// How far ahead of the platform's clock a property's `time` may be: a value stamped in the
+/// future would hold the latest value until then, since older values never replace newer ones.
+pub const MAX_CLOCK_AHEAD_MS: i64 = 10 * 60 * 1000;
+
+/// Refuses `{value, time}` items whose `time` is more than [`MAX_CLOCK_AHEAD_MS`] ahead of `now`.
+fn check_times(params: &Map<String, Value>, now: i64) -> Result<(), Refusal> {
+    for (identifier, item) in params {
+        let (_, time) = events::split_timed_value(item, now);
+        if time > now + MAX_CLOCK_AHEAD_MS {
+            return Err(param_error(format!(
+                "{identifier}.time: {time} is more than 10 minutes ahead of the platform clock"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A list of objects (`[{..}, ..]`); absent or null is an empty list, anything else `None`.

@@ -457,3 +457,20 @@ async fn a_device_or_product_created_again_starts_empty() {
     .await;
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn a_time_far_in_the_future_is_refused() {
+    let platform = TestPlatform::start().await;
+    let creds = thermostat_device(&platform).await;
+    let mut device = Device::connect(platform.mqtt_addr(), &creds).await;
+    let future = tether_contract::now_ms() + 3_600_000;
+    let reply = device.request(&creds, POST, &post("1", json!({"Temp": {"value": 20, "time": future}}))).await;
+    assert_eq!(reply["code"], 460, "{reply}");
+    assert!(reply["message"].as_str().unwrap().starts_with("Temp.time"), "{reply}");
+    // The value that follows is kept: nothing from the future holds it back.
+    let reply = device.request(&creds, POST, &post("2", json!({"Temp": 21}))).await;
+    assert_eq!(reply["code"], 200, "{reply}");
+    let items = latest_properties(&platform, &creds, |items| items.get("Temp").is_some()).await;
+    assert_eq!(items["Temp"]["value"], 21);
+    platform.stop().await;
+}
