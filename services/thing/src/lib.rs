@@ -88,7 +88,7 @@ impl Thing {
             tracing::debug!(%device, %topic, "device offline, push not sent");
             return;
         };
-        let downlink = Downlink { device: device.clone(), topic, payload, qos: 0 };
+        let downlink = Downlink { device: device.clone(), topic, payload, qos: 0, correlation: None };
         if let Err(error) = self.bus.publish(downlink.to_message(&node)).await {
             tracing::warn!(%device, %error, "push not sent");
         }

@@ -12,6 +12,10 @@ mod header {
     pub const DEVICE_NAME: &str = "deviceName";
     pub const TOPIC: &str = "topic";
     pub const QOS: &str = "qos";
+    pub const MESSAGE_ID: &str = "messageId";
+    pub const EXPECT: &str = "expect";
+    pub const REPLY_TO: &str = "replyTo";
+    pub const DEADLINE: &str = "deadline";
 }
 
 /// One message to deliver to a connected device.
@@ -22,6 +26,29 @@ pub struct Downlink {
     pub payload: Bytes,
     /// 0 or 1.
     pub qos: u8,
+    /// Set for commands whose outcome the platform follows (docs/commands.md).
+    pub correlation: Option<Correlation>,
+}
+
+/// How the edge follows a command it delivers: it reports the PUBACK (QoS 1) and the device's
+/// answer as `downlink` events on the stream, and hands the answer to `reply_to` (a core
+/// subject) for synchronous calls until `deadline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Correlation {
+    pub message_id: String,
+    pub expect: Answer,
+    pub reply_to: Option<String>,
+    /// Epoch ms after which an answer is no longer handed to `reply_to`.
+    pub deadline: i64,
+}
+
+/// Which of the device's publishes answers a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// An Alink reply on the command topic + `_reply` whose `id` is the message id.
+    Alink,
+    /// A publish on `rrpc/response/{messageId}` or `/ext/rrpc/{messageId}/...`.
+    Rrpc,
 }
 
 // === impl Downlink ===
@@ -29,11 +56,26 @@ pub struct Downlink {
 impl Downlink {
     /// The bus message carrying this downlink to `node`.
     pub fn to_message(&self, node: &str) -> BusMessage {
-        BusMessage::new(subject::edge_down(node), self.payload.clone())
+        let message = BusMessage::new(subject::edge_down(node), self.payload.clone())
             .with_header(header::PRODUCT_KEY, self.device.product_key.as_str())
             .with_header(header::DEVICE_NAME, self.device.device_name.as_str())
             .with_header(header::TOPIC, self.topic.clone())
-            .with_header(header::QOS, self.qos.to_string())
+            .with_header(header::QOS, self.qos.to_string());
+        let Some(correlation) = &self.correlation else {
+            return message;
+        };
+        let expect = match correlation.expect {
+            Answer::Alink => "alink",
+            Answer::Rrpc => "rrpc",
+        };
+        let message = message
+            .with_header(header::MESSAGE_ID, correlation.message_id.clone())
+            .with_header(header::EXPECT, expect)
+            .with_header(header::DEADLINE, correlation.deadline.to_string());
+        match &correlation.reply_to {
+            Some(reply_to) => message.with_header(header::REPLY_TO, reply_to.clone()),
+            None => message,
+        }
     }
 
     /// Reads a downlink back; `None` for a message that is not one.
@@ -45,7 +87,16 @@ impl Downlink {
             Some("1") => 1,
             _ => 0,
         };
-        Some(Self { device, topic, payload: message.payload, qos })
+        let correlation = headers.get(header::MESSAGE_ID).map(|message_id| Correlation {
+            message_id: message_id.clone(),
+            expect: match headers.get(header::EXPECT).map(String::as_str) {
+                Some("rrpc") => Answer::Rrpc,
+                _ => Answer::Alink,
+            },
+            reply_to: headers.get(header::REPLY_TO).cloned(),
+            deadline: headers.get(header::DEADLINE).and_then(|d| d.parse().ok()).unwrap_or(0),
+        });
+        Some(Self { device, topic, payload: message.payload, qos, correlation })
     }
 }
 
@@ -60,10 +111,28 @@ mod tests {
             topic: "/shadow/get/pk/dev.1".into(),
             payload: Bytes::from_static(b"{}"),
             qos: 1,
+            correlation: None,
         };
         let message = downlink.to_message("edge-a");
         assert_eq!(message.subject, "tether.edge.edge-a.down");
         assert_eq!(Downlink::from_message(message), Some(downlink));
         assert_eq!(Downlink::from_message(BusMessage::new("x", "y")), None);
+    }
+
+    #[test]
+    fn a_correlated_downlink_keeps_its_correlation() {
+        let downlink = Downlink {
+            device: DeviceKey::parse("pk", "dn").unwrap(),
+            topic: "/sys/pk/dn/rrpc/request/123".into(),
+            payload: Bytes::from_static(b"ping"),
+            qos: 0,
+            correlation: Some(Correlation {
+                message_id: "123".into(),
+                expect: Answer::Rrpc,
+                reply_to: Some("tether.command.c1.reply".into()),
+                deadline: 1_700_000_000_000,
+            }),
+        };
+        assert_eq!(Downlink::from_message(downlink.to_message("n")), Some(downlink));
     }
 }

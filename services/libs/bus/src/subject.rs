@@ -13,6 +13,8 @@ pub enum UplinkKind {
     Tags,
     /// Gateway topology changes (`thing/topo/add|delete`).
     Topo,
+    /// What became of a command sent to the device: its PUBACK, its reply (docs/commands.md).
+    Downlink,
 }
 
 impl UplinkKind {
@@ -24,6 +26,7 @@ impl UplinkKind {
             Self::Custom => "custom",
             Self::Tags => "tags",
             Self::Topo => "topo",
+            Self::Downlink => "downlink",
         }
     }
 }
@@ -65,6 +68,15 @@ pub fn edge_kick(node: &str) -> String {
 /// `tether.edge.<node>.down`: messages for devices connected to `node` ([`crate::downlink`]).
 pub fn edge_down(node: &str) -> String {
     format!("tether.edge.{}.down", token(node))
+}
+
+/// `tether.edge.all.bcast`: a broadcast every edge fans out to its matching sessions.
+pub const EDGE_BROADCAST: &str = "tether.edge.all.bcast";
+
+/// `tether.command.<instance>.reply`: where edges hand the answers of synchronous calls made by
+/// one command service instance.
+pub fn command_replies(instance: &str) -> String {
+    format!("tether.command.{}.reply", token(instance))
 }
 
 /// A product's thing model changed; the body is the product key. Edges drop their cached copy.

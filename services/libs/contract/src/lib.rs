@@ -5,6 +5,7 @@
 //! so calling code is the same in both modes (ARCHITECTURE.md, "Layout").
 
 pub mod auth;
+pub mod command;
 mod error;
 pub mod thing;
 
@@ -12,6 +13,9 @@ pub use auth::{
     AuthGrpcClient, AuthGrpcServer, AuthService, Caller, DataFormat, Device, DeviceAuthError, DeviceCredentials,
     DeviceSession, Dialect, IssuedApiKey, MAX_SUB_DEVICES_PER_GATEWAY, MAX_SUB_DEVICES_PER_REQUEST, NewDevice,
     NewProduct, NodeType, Page, Product, SubDevice, SubDeviceSign, Tenant, TopologyError,
+};
+pub use command::{
+    Command, CommandService, CommandStatus, Invocation, RrpcCode, RrpcOutcome, SendOptions,
 };
 pub use error::ServiceError;
 pub use thing::{
