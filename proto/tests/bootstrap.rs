@@ -19,7 +19,11 @@ fn generated_code_is_up_to_date() {
                 config.protoc_executable(protoc);
                 config
             },
-            &[root.join("tether/v1/auth.proto"), root.join("tether/v1/thing.proto")],
+            &[
+                root.join("tether/v1/auth.proto"),
+                root.join("tether/v1/thing.proto"),
+                root.join("tether/v1/gateway.proto"),
+            ],
             std::slice::from_ref(&root),
         )
         .unwrap();

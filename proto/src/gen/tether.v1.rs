@@ -3403,3 +3403,1312 @@ pub mod thing_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// An accepted command: its message id.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CommandAccepted {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetDevicePropertyRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+    /// A JSON object: property identifier → value (read-write properties of the thing model).
+    #[prost(string, tag = "3")]
+    pub items_json: ::prost::alloc::string::String,
+    /// Keep the command this long for an offline device and send it when the device connects.
+    #[prost(uint64, optional, tag = "4")]
+    pub ttl_ms: ::core::option::Option<u64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InvokeThingServiceRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+    /// The service's identifier in the thing model.
+    #[prost(string, tag = "3")]
+    pub identifier: ::prost::alloc::string::String,
+    /// A JSON object of input parameters; empty means `{}`.
+    #[prost(string, tag = "4")]
+    pub args_json: ::prost::alloc::string::String,
+    /// Sync services: how long to wait for the answer, 1000–8000 (default 5000).
+    #[prost(uint32, optional, tag = "5")]
+    pub timeout_ms: ::core::option::Option<u32>,
+    /// Async services: keep the command this long for an offline device.
+    #[prost(uint64, optional, tag = "6")]
+    pub ttl_ms: ::core::option::Option<u64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InvokeThingServiceResponse {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+    /// Sync services only: SUCCESS, TIMEOUT, OFFLINE or UNKNOWN.
+    #[prost(string, optional, tag = "2")]
+    pub rrpc_code: ::core::option::Option<::prost::alloc::string::String>,
+    /// Sync services that answered: the device's reply `code` and `data` (JSON text).
+    #[prost(int64, optional, tag = "3")]
+    pub code: ::core::option::Option<i64>,
+    #[prost(string, optional, tag = "4")]
+    pub data_json: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RRpcRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    /// How long to wait for the answer, 1000–8000.
+    #[prost(uint32, tag = "4")]
+    pub timeout_ms: u32,
+    /// A custom RRPC topic (`/ext/rrpc/{messageId}/...`), when not the system one.
+    #[prost(string, optional, tag = "5")]
+    pub topic: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RRpcResponse {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+    /// SUCCESS, TIMEOUT, OFFLINE or UNKNOWN (Aliyun's RrpcCode).
+    #[prost(string, tag = "2")]
+    pub rrpc_code: ::prost::alloc::string::String,
+    /// The device's answer, with SUCCESS.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub payload: ::core::option::Option<::prost::alloc::vec::Vec<u8>>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PubRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    /// `/{productKey}/{deviceName}/user/...` of a topic class devices subscribe to (sub or all).
+    #[prost(string, tag = "2")]
+    pub topic_full_name: ::prost::alloc::string::String,
+    /// At most 256 KB.
+    #[prost(bytes = "vec", tag = "3")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    /// 0 or 1.
+    #[prost(uint32, tag = "4")]
+    pub qos: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PubBroadcastRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    /// At most 64 KB.
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    /// `/broadcast/{productKey}/...`: only devices subscribed to it; absent: every online device.
+    #[prost(string, optional, tag = "3")]
+    pub topic_full_name: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetDevicesPropertyRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    /// 1–100 devices of the product.
+    #[prost(string, repeated, tag = "2")]
+    pub device_names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "3")]
+    pub items_json: ::prost::alloc::string::String,
+    #[prost(uint64, optional, tag = "4")]
+    pub ttl_ms: ::core::option::Option<u64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InvokeThingsServiceRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub device_names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// An async service of the thing model.
+    #[prost(string, tag = "3")]
+    pub identifier: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub args_json: ::prost::alloc::string::String,
+    #[prost(uint64, optional, tag = "5")]
+    pub ttl_ms: ::core::option::Option<u64>,
+}
+/// What happened for one device of a batch: a message id, or the error's code and message.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeviceCommandResult {
+    #[prost(string, tag = "1")]
+    pub device_name: ::prost::alloc::string::String,
+    #[prost(string, optional, tag = "2")]
+    pub message_id: ::core::option::Option<::prost::alloc::string::String>,
+    /// The REST error code, e.g. `NotFound`, `InvalidArgument`.
+    #[prost(string, optional, tag = "3")]
+    pub code: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, optional, tag = "4")]
+    pub message: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DeviceCommandResults {
+    /// In the order of the request's device names.
+    #[prost(message, repeated, tag = "1")]
+    pub results: ::prost::alloc::vec::Vec<DeviceCommandResult>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetCommandRecordRequest {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+}
+/// An async command as recorded.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CommandRecord {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub device_name: ::prost::alloc::string::String,
+    /// The downlink topic.
+    #[prost(string, tag = "4")]
+    pub topic: ::prost::alloc::string::String,
+    /// `thing.service.property.set`, `thing.service.{identifier}`.
+    #[prost(string, tag = "5")]
+    pub method: ::prost::alloc::string::String,
+    /// QUEUED, SENT, DELIVERED, SUCCEEDED, FAILED or EXPIRED.
+    #[prost(string, tag = "6")]
+    pub status: ::prost::alloc::string::String,
+    #[prost(int64, tag = "7")]
+    pub created_at: i64,
+    #[prost(int64, tag = "8")]
+    pub updated_at: i64,
+    #[prost(int64, optional, tag = "9")]
+    pub expires_at: ::core::option::Option<i64>,
+    /// The device's reply, once it replied.
+    #[prost(int64, optional, tag = "10")]
+    pub reply_code: ::core::option::Option<i64>,
+    #[prost(string, optional, tag = "11")]
+    pub reply_data_json: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, optional, tag = "12")]
+    pub reply_message: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListDeviceCommandsRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListDeviceCommandsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub commands: ::prost::alloc::vec::Vec<CommandRecord>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetDeviceShadowRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetDeviceShadowResponse {
+    /// Aliyun's shadow document.
+    #[prost(string, tag = "1")]
+    pub document_json: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct QueryDevicePropertyStatusRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct QueryDevicePropertyStatusResponse {
+    #[prost(map = "string, message", tag = "1")]
+    pub properties: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        TimedValue,
+    >,
+}
+/// Generated client implementations.
+pub mod gateway_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct GatewayClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl GatewayClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> GatewayClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> GatewayClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            GatewayClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Sets properties of a device \[SetDeviceProperty\]. Asynchronous: answers the command's message
+        /// id; its progress is read with GetCommand.
+        pub async fn set_device_property(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetDevicePropertyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CommandAccepted>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Gateway/SetDeviceProperty",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Gateway", "SetDeviceProperty"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Invokes a service of the thing model \[InvokeThingService\]: an async service answers the
+        /// message id, a sync one the device's answer (or TIMEOUT / OFFLINE).
+        pub async fn invoke_thing_service(
+            &mut self,
+            request: impl tonic::IntoRequest<super::InvokeThingServiceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::InvokeThingServiceResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Gateway/InvokeThingService",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Gateway", "InvokeThingService"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Sends raw bytes to a device and waits for its answer \[RRpc\].
+        pub async fn r_rpc(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RRpcRequest>,
+        ) -> std::result::Result<tonic::Response<super::RRpcResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tether.v1.Gateway/RRpc");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tether.v1.Gateway", "RRpc"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Publishes to a device's custom topic \[Pub\].
+        pub async fn r#pub(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PubRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CommandAccepted>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tether.v1.Gateway/Pub");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tether.v1.Gateway", "Pub"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Publishes to every online device of a product, or to those subscribed to a broadcast topic
+        /// \[PubBroadcast\].
+        pub async fn pub_broadcast(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PubBroadcastRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CommandAccepted>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Gateway/PubBroadcast",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Gateway", "PubBroadcast"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Sets properties of up to 100 devices \[SetDevicesProperty\]; one result per device.
+        pub async fn set_devices_property(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetDevicesPropertyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeviceCommandResults>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Gateway/SetDevicesProperty",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Gateway", "SetDevicesProperty"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Invokes an async service on up to 100 devices \[InvokeThingsService\]; one result per device.
+        pub async fn invoke_things_service(
+            &mut self,
+            request: impl tonic::IntoRequest<super::InvokeThingsServiceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeviceCommandResults>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Gateway/InvokeThingsService",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Gateway", "InvokeThingsService"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// An async command by its message id.
+        pub async fn get_command(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetCommandRecordRequest>,
+        ) -> std::result::Result<tonic::Response<super::CommandRecord>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Gateway/GetCommand",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Gateway", "GetCommand"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A device's async commands, oldest first.
+        pub async fn list_commands(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListDeviceCommandsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDeviceCommandsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Gateway/ListCommands",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Gateway", "ListCommands"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The device's shadow document \[GetDeviceShadow\]; NOT_FOUND when it never had one.
+        pub async fn get_device_shadow(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetDeviceShadowRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetDeviceShadowResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Gateway/GetDeviceShadow",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Gateway", "GetDeviceShadow"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The latest value of each property the device reported \[QueryDevicePropertyStatus\].
+        pub async fn query_device_property_status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::QueryDevicePropertyStatusRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::QueryDevicePropertyStatusResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Gateway/QueryDevicePropertyStatus",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("tether.v1.Gateway", "QueryDevicePropertyStatus"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod gateway_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with GatewayServer.
+    #[async_trait]
+    pub trait Gateway: std::marker::Send + std::marker::Sync + 'static {
+        /// Sets properties of a device \[SetDeviceProperty\]. Asynchronous: answers the command's message
+        /// id; its progress is read with GetCommand.
+        async fn set_device_property(
+            &self,
+            request: tonic::Request<super::SetDevicePropertyRequest>,
+        ) -> std::result::Result<tonic::Response<super::CommandAccepted>, tonic::Status>;
+        /// Invokes a service of the thing model \[InvokeThingService\]: an async service answers the
+        /// message id, a sync one the device's answer (or TIMEOUT / OFFLINE).
+        async fn invoke_thing_service(
+            &self,
+            request: tonic::Request<super::InvokeThingServiceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::InvokeThingServiceResponse>,
+            tonic::Status,
+        >;
+        /// Sends raw bytes to a device and waits for its answer \[RRpc\].
+        async fn r_rpc(
+            &self,
+            request: tonic::Request<super::RRpcRequest>,
+        ) -> std::result::Result<tonic::Response<super::RRpcResponse>, tonic::Status>;
+        /// Publishes to a device's custom topic \[Pub\].
+        async fn r#pub(
+            &self,
+            request: tonic::Request<super::PubRequest>,
+        ) -> std::result::Result<tonic::Response<super::CommandAccepted>, tonic::Status>;
+        /// Publishes to every online device of a product, or to those subscribed to a broadcast topic
+        /// \[PubBroadcast\].
+        async fn pub_broadcast(
+            &self,
+            request: tonic::Request<super::PubBroadcastRequest>,
+        ) -> std::result::Result<tonic::Response<super::CommandAccepted>, tonic::Status>;
+        /// Sets properties of up to 100 devices \[SetDevicesProperty\]; one result per device.
+        async fn set_devices_property(
+            &self,
+            request: tonic::Request<super::SetDevicesPropertyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeviceCommandResults>,
+            tonic::Status,
+        >;
+        /// Invokes an async service on up to 100 devices \[InvokeThingsService\]; one result per device.
+        async fn invoke_things_service(
+            &self,
+            request: tonic::Request<super::InvokeThingsServiceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeviceCommandResults>,
+            tonic::Status,
+        >;
+        /// An async command by its message id.
+        async fn get_command(
+            &self,
+            request: tonic::Request<super::GetCommandRecordRequest>,
+        ) -> std::result::Result<tonic::Response<super::CommandRecord>, tonic::Status>;
+        /// A device's async commands, oldest first.
+        async fn list_commands(
+            &self,
+            request: tonic::Request<super::ListDeviceCommandsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListDeviceCommandsResponse>,
+            tonic::Status,
+        >;
+        /// The device's shadow document \[GetDeviceShadow\]; NOT_FOUND when it never had one.
+        async fn get_device_shadow(
+            &self,
+            request: tonic::Request<super::GetDeviceShadowRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetDeviceShadowResponse>,
+            tonic::Status,
+        >;
+        /// The latest value of each property the device reported \[QueryDevicePropertyStatus\].
+        async fn query_device_property_status(
+            &self,
+            request: tonic::Request<super::QueryDevicePropertyStatusRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::QueryDevicePropertyStatusResponse>,
+            tonic::Status,
+        >;
+    }
+    #[derive(Debug)]
+    pub struct GatewayServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> GatewayServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for GatewayServer<T>
+    where
+        T: Gateway,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/tether.v1.Gateway/SetDeviceProperty" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetDevicePropertySvc<T: Gateway>(pub Arc<T>);
+                    impl<
+                        T: Gateway,
+                    > tonic::server::UnaryService<super::SetDevicePropertyRequest>
+                    for SetDevicePropertySvc<T> {
+                        type Response = super::CommandAccepted;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetDevicePropertyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::set_device_property(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetDevicePropertySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/InvokeThingService" => {
+                    #[allow(non_camel_case_types)]
+                    struct InvokeThingServiceSvc<T: Gateway>(pub Arc<T>);
+                    impl<
+                        T: Gateway,
+                    > tonic::server::UnaryService<super::InvokeThingServiceRequest>
+                    for InvokeThingServiceSvc<T> {
+                        type Response = super::InvokeThingServiceResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::InvokeThingServiceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::invoke_thing_service(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = InvokeThingServiceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/RRpc" => {
+                    #[allow(non_camel_case_types)]
+                    struct RRpcSvc<T: Gateway>(pub Arc<T>);
+                    impl<T: Gateway> tonic::server::UnaryService<super::RRpcRequest>
+                    for RRpcSvc<T> {
+                        type Response = super::RRpcResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RRpcRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::r_rpc(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RRpcSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/Pub" => {
+                    #[allow(non_camel_case_types)]
+                    struct PubSvc<T: Gateway>(pub Arc<T>);
+                    impl<T: Gateway> tonic::server::UnaryService<super::PubRequest>
+                    for PubSvc<T> {
+                        type Response = super::CommandAccepted;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PubRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::r#pub(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PubSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/PubBroadcast" => {
+                    #[allow(non_camel_case_types)]
+                    struct PubBroadcastSvc<T: Gateway>(pub Arc<T>);
+                    impl<
+                        T: Gateway,
+                    > tonic::server::UnaryService<super::PubBroadcastRequest>
+                    for PubBroadcastSvc<T> {
+                        type Response = super::CommandAccepted;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PubBroadcastRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::pub_broadcast(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PubBroadcastSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/SetDevicesProperty" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetDevicesPropertySvc<T: Gateway>(pub Arc<T>);
+                    impl<
+                        T: Gateway,
+                    > tonic::server::UnaryService<super::SetDevicesPropertyRequest>
+                    for SetDevicesPropertySvc<T> {
+                        type Response = super::DeviceCommandResults;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetDevicesPropertyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::set_devices_property(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetDevicesPropertySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/InvokeThingsService" => {
+                    #[allow(non_camel_case_types)]
+                    struct InvokeThingsServiceSvc<T: Gateway>(pub Arc<T>);
+                    impl<
+                        T: Gateway,
+                    > tonic::server::UnaryService<super::InvokeThingsServiceRequest>
+                    for InvokeThingsServiceSvc<T> {
+                        type Response = super::DeviceCommandResults;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::InvokeThingsServiceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::invoke_things_service(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = InvokeThingsServiceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/GetCommand" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetCommandSvc<T: Gateway>(pub Arc<T>);
+                    impl<
+                        T: Gateway,
+                    > tonic::server::UnaryService<super::GetCommandRecordRequest>
+                    for GetCommandSvc<T> {
+                        type Response = super::CommandRecord;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetCommandRecordRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::get_command(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetCommandSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/ListCommands" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListCommandsSvc<T: Gateway>(pub Arc<T>);
+                    impl<
+                        T: Gateway,
+                    > tonic::server::UnaryService<super::ListDeviceCommandsRequest>
+                    for ListCommandsSvc<T> {
+                        type Response = super::ListDeviceCommandsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListDeviceCommandsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::list_commands(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListCommandsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/GetDeviceShadow" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetDeviceShadowSvc<T: Gateway>(pub Arc<T>);
+                    impl<
+                        T: Gateway,
+                    > tonic::server::UnaryService<super::GetDeviceShadowRequest>
+                    for GetDeviceShadowSvc<T> {
+                        type Response = super::GetDeviceShadowResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetDeviceShadowRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::get_device_shadow(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetDeviceShadowSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Gateway/QueryDevicePropertyStatus" => {
+                    #[allow(non_camel_case_types)]
+                    struct QueryDevicePropertyStatusSvc<T: Gateway>(pub Arc<T>);
+                    impl<
+                        T: Gateway,
+                    > tonic::server::UnaryService<
+                        super::QueryDevicePropertyStatusRequest,
+                    > for QueryDevicePropertyStatusSvc<T> {
+                        type Response = super::QueryDevicePropertyStatusResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                super::QueryDevicePropertyStatusRequest,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Gateway>::query_device_property_status(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = QueryDevicePropertyStatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for GatewayServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "tether.v1.Gateway";
+    impl<T> tonic::server::NamedService for GatewayServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
