@@ -6,7 +6,7 @@ MQTT_ADDR ?= 0.0.0.0:1884
 HTTP_ADDR ?= 0.0.0.0:8080
 DATA_DIR ?= tether-data
 
-.PHONY: help deps build run test lint fmt check-logs
+.PHONY: help deps build run test lint fmt check-logs chart-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,9 +20,12 @@ build: ## build everything
 run: ## run the whole platform in one process (embedded mode)
 	cargo run --release -p tether -- run --data-dir $(DATA_DIR) --mqtt-addr $(MQTT_ADDR) --http-addr $(HTTP_ADDR)
 
-test: deps ## run every test (installs what they need first); the scenarios run in both modes
+test: deps chart-check ## run every test (installs what they need first); the scenarios run in both modes
 	cargo nextest run --workspace --no-fail-fast
 	TETHER_TEST_MODE=cluster cargo nextest run -p tether-tests --test skeleton --no-fail-fast --test-threads 4
+
+chart-check: ## lint, render and validate the Helm chart (fetches helm once into ~/.cache/tether-chart)
+	@bash scripts/chart-check.sh
 
 lint: check-logs ## formatting, clippy with warnings as errors, log style
 	cargo fmt --all -- --check
