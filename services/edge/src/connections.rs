@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tether_bus::Subscription;
 use tether_bus::downlink::Downlink;
 use tether_contract::{DeviceSession, now_ms};
-use tether_model::DeviceKey;
+use tether_model::{DeviceKey, ProductKey};
 use tokio::sync::mpsc;
 
 use crate::EdgeShared;
@@ -188,6 +188,17 @@ impl Connections {
         }
     }
 
+    /// The sessions here of `product_key`'s devices, each with its connection (a sub-device's is
+    /// its gateway's): `(device, conn_id, commands)`.
+    pub fn sessions_of_product(
+        &self,
+        product_key: &ProductKey,
+    ) -> Vec<(DeviceKey, u64, mpsc::UnboundedSender<ConnCommand>)> {
+        let map = self.by_device.lock();
+        let of_product = map.iter().filter(|(device, _)| &device.product_key == product_key);
+        of_product.map(|(device, handle)| (device.clone(), handle.conn_id, handle.commands.clone())).collect()
+    }
+
     /// Every live session's route on this node.
     pub fn routes(&self) -> Vec<(DeviceKey, tether_store::Route)> {
         self.by_device.lock().iter().map(|(device, handle)| (device.clone(), handle.route.clone())).collect()
@@ -237,21 +248,6 @@ pub async fn kick_on_lifecycle(shared: Arc<EdgeShared>, mut events: Subscription
         };
         if shared.connections.kick(&device, KickReason::NotAuthorized) {
             tracing::info!(%device, action = %event.action, "disconnecting device");
-        }
-    }
-}
-
-/// Delivers the messages other services send to devices connected here.
-pub async fn deliver_downlinks(shared: Arc<EdgeShared>, mut downlinks: Subscription) {
-    while let Some(message) = downlinks.next().await {
-        let subject = message.subject.clone();
-        let Some(downlink) = Downlink::from_message(message) else {
-            tracing::warn!(%subject, "unreadable downlink skipped");
-            continue;
-        };
-        let (device, topic) = (downlink.device.clone(), downlink.topic.clone());
-        if !shared.connections.deliver(downlink) {
-            tracing::debug!(%device, %topic, "downlink for a device not connected here dropped");
         }
     }
 }

@@ -3,12 +3,14 @@
 //! It admits devices with the Aliyun sign (through [`AuthService`]), enforces each device's topic
 //! ACL, answers thing-model requests itself, hands uplinks to the bus before acknowledging them,
 //! keeps one session per device (a second CONNECT takes over) and records presence in the
-//! [`SessionRoutes`].
+//! [`SessionRoutes`]. It delivers the commands and broadcasts other services send to devices and
+//! reports their PUBACKs and answers ([`downlinks`], docs/commands.md).
 //!
 //! MQTT 3.1.1 and 5.0 are served by ntex-mqtt on its own runtime thread ([`mqtt`]); the
-//! protocol-independent behaviour lives in [`session`] and [`uplink`].
+//! protocol-independent behaviour lives in [`session`], [`uplink`] and [`downlinks`].
 
 mod connections;
+mod downlinks;
 mod models;
 mod mqtt;
 mod session;
@@ -134,6 +136,8 @@ impl Edge {
             .subscribe(&subject::edge_down(&config.node_id))
             .await
             .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+        let broadcasts =
+            deps.bus.subscribe(subject::EDGE_BROADCAST).await.map_err(|e| EdgeError::Runtime(e.to_string()))?;
         let topo_changes =
             deps.bus.subscribe(subject::ALL_TOPO).await.map_err(|e| EdgeError::Runtime(e.to_string()))?;
         let models = Arc::new(ThingModels::new(deps.thing.clone()));
@@ -155,7 +159,7 @@ impl Edge {
         let lifecycle = tokio::spawn(connections::kick_on_lifecycle(shared.clone(), lifecycle_events));
         let remote_kicks = tokio::spawn(connections::kick_on_request(shared.clone(), kicks));
         let model_changes = tokio::spawn(models::forget_changed(models, model_changes));
-        let downlinks = tokio::spawn(connections::deliver_downlinks(shared.clone(), downlinks));
+        let downlinks = tokio::spawn(downlinks::deliver_downlinks(shared.clone(), downlinks, broadcasts));
         let topo_changes = tokio::spawn(subdevices::log_out_detached(shared.clone(), topo_changes));
         tracing::info!(addr = %local_addr, node = %shared.config.node_id, "mqtt listener started");
         Ok(Self {

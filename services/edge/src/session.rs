@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tether_bus::subject;
 
 use crate::connections::{ConnCommand, ConnHandle, KickReason, KickRequest};
+use crate::downlinks::ConnDownlinks;
 use crate::{EdgeDeps, EdgeShared};
 
 /// Keepalive values Aliyun accepts, in seconds (PROTOCOL.md E).
@@ -64,8 +65,11 @@ pub struct ConnState {
     pub conn_id: u64,
     pub client_ip: String,
     pub sink: Sink,
-    /// Explicit SUBSCRIBEs (the implicit ones are implied by the device's identity).
-    pub subscriptions: RefCell<Vec<SubscribeFilter>>,
+    /// Explicit SUBSCRIBEs (the implicit ones are implied by the device's identity); shared
+    /// with the downlink side, which delivers custom and broadcast topics only to subscribers.
+    pub subscriptions: Rc<RefCell<Vec<SubscribeFilter>>>,
+    /// The downlink side: what the device is sent, and the calls whose answers it follows.
+    pub downlinks: Rc<ConnDownlinks>,
     /// Taken by each PUBLISH for its whole handling, in arrival order (the lock is fair): QoS 1
     /// PUBACKs leave in the order the PUBLISHes came (MQTT 3.1.1 §4.6) and a device's uplinks
     /// reach the bus in order, however many PUBLISHes the client pipelines.
@@ -95,17 +99,26 @@ impl Sink {
         }
     }
 
-    /// Sends a QoS 1 message and waits for the device's PUBACK (or the connection's end).
-    pub async fn send_at_least_once(&self, topic: &str, payload: Vec<u8>) {
+    /// Sends a QoS 1 message now (in order with what is sent after it, unless the device's
+    /// in-flight window is full); the future tells whether the device acknowledged it, once its
+    /// PUBACK came (or the connection ended).
+    pub fn send_at_least_once(&self, topic: &str, payload: Vec<u8>) -> impl Future<Output = bool> + 'static {
+        use futures::future::Either;
         let payload = ntex_bytes::Bytes::from(payload);
-        let result = match self {
-            Self::V3(sink) => sink.publish(topic).send_at_least_once(payload).await.map_err(|e| e.to_string()),
-            Self::V5(sink) => {
-                sink.publish(topic).send_at_least_once(payload).await.map(|_| ()).map_err(|e| e.to_string())
-            }
+        let acked = match self {
+            Self::V3(sink) => Either::Left(sink.publish(topic).send_at_least_once(payload)),
+            Self::V5(sink) => Either::Right(sink.publish(topic).send_at_least_once(payload)),
         };
-        if let Err(error) = result {
-            tracing::debug!(%topic, %error, "qos 1 message to a closing connection not acknowledged");
+        let topic = topic.to_owned();
+        async move {
+            let result = match acked {
+                Either::Left(acked) => acked.await.map_err(|e| e.to_string()),
+                Either::Right(acked) => acked.await.map(|_| ()).map_err(|e| e.to_string()),
+            };
+            if let Err(error) = &result {
+                tracing::debug!(%topic, %error, "qos 1 message to a closing connection not acknowledged");
+            }
+            result.is_ok()
         }
     }
 
@@ -164,11 +177,19 @@ impl Connection {
             connected_at,
             client_ip: client_ip.clone(),
         };
+        let subscriptions = Rc::new(RefCell::new(Vec::new()));
+        let downlinks =
+            Rc::new(ConnDownlinks::new(shared, session.clone(), conn_id, sink.clone(), subscriptions.clone()));
         let (commands, command_rx) = mpsc::unbounded_channel();
         shared
             .connections
             .insert(&session.device, ConnHandle { conn_id, route: route.clone(), commands, sub_device: None });
-        ntex_rt::spawn(run_commands(command_rx, sink.clone(), shared.config.server_reference.clone()));
+        ntex_rt::spawn(run_commands(
+            command_rx,
+            sink.clone(),
+            downlinks.clone(),
+            shared.config.server_reference.clone(),
+        ));
 
         match shared.deps.routes.connect(&session.device, route).await {
             Ok(Some(previous)) if previous.node != shared.config.node_id => {
@@ -195,7 +216,8 @@ impl Connection {
             conn_id,
             client_ip,
             sink,
-            subscriptions: RefCell::new(Vec::new()),
+            subscriptions,
+            downlinks,
             publish_turn: tokio::sync::Mutex::new(()),
         };
         Ok(Self { inner: Rc::new(state) })
@@ -267,6 +289,7 @@ impl Drop for ConnState {
 async fn run_commands(
     mut commands: mpsc::UnboundedReceiver<ConnCommand>,
     sink: Sink,
+    downlinks: Rc<ConnDownlinks>,
     server_reference: Option<String>,
 ) {
     // A closed channel means the connection has ended (or been replaced) without a kick.
@@ -276,16 +299,9 @@ async fn run_commands(
                 sink.kick(reason, server_reference.as_deref());
                 return;
             }
-            ConnCommand::Deliver(downlink) if downlink.qos == 0 => {
-                sink.send(&downlink.topic, downlink.payload.to_vec())
-            }
-            ConnCommand::Deliver(downlink) => {
-                // Not awaited here: a device slow to acknowledge must not hold back a kick.
-                let sink = sink.clone();
-                ntex_rt::spawn(
-                    async move { sink.send_at_least_once(&downlink.topic, downlink.payload.to_vec()).await },
-                );
-            }
+            // A QoS 1 PUBACK is not awaited here: a device slow to acknowledge must not hold
+            // back a kick.
+            ConnCommand::Deliver(downlink) => downlinks.deliver(downlink),
         }
     }
 }

@@ -87,8 +87,11 @@ impl Connection {
             }
             Topic::Shadow { op: ShadowOp::Update, .. } => self.ask_thing(&session, topic, payload).await,
             Topic::Session { path, .. } => self.on_session_request(&session, &parsed, path, &payload).await,
-            // Custom topics and custom RRPC answers are taken by the services that own
-            // them as they arrive; until then they are accepted and not forwarded.
+            Topic::ExtRrpc { message_id, .. } => {
+                self.on_rrpc_answer(&session.device, message_id.as_str(), &payload).await
+            }
+            // Custom topics are taken by the services that own them as they arrive; until then
+            // they are accepted and not forwarded.
             _ => {
                 tracing::debug!(%device, %topic, "publish accepted without a handler");
                 PublishOutcome::Accepted
@@ -111,10 +114,10 @@ impl Connection {
             Some(SysKind::EventPost(identifier)) => self.on_event_post(session, topic, identifier, payload).await,
             Some(SysKind::Reply(path)) => {
                 self.check_service_reply(session, path, payload).await;
-                PublishOutcome::Accepted
+                self.on_downlink_reply(session, topic, path, payload).await
             }
-            // RRPC responses are consumed, never echoed.
-            Some(SysKind::RrpcResponse(_)) => PublishOutcome::Accepted,
+            // RRPC answers are consumed, never echoed.
+            Some(SysKind::RrpcResponse(message_id)) => self.on_rrpc_answer(&session.device, message_id, payload).await,
             Some(SysKind::Request("thing/event/property/history/post")) => {
                 self.on_history_post(session, topic, payload).await
             }

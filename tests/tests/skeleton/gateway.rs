@@ -13,12 +13,12 @@ const SOON: Duration = Duration::from_secs(10);
 const POST: &str = "thing/event/property/post";
 
 /// A gateway and two sub-devices of a product whose thing model bounds `Temp` to -20..60.
-struct Site {
-    gateway: DeviceCredentials,
-    subs: [DeviceCredentials; 2],
+pub(crate) struct Site {
+    pub gateway: DeviceCredentials,
+    pub subs: [DeviceCredentials; 2],
 }
 
-async fn site(platform: &TestPlatform) -> Site {
+pub(crate) async fn site(platform: &TestPlatform) -> Site {
     let (status, body) = platform.api.post("/products", json!({"name": "gateway", "nodeType": "gateway"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let gateway = platform.register_device(body["productKey"].as_str().unwrap()).await;
@@ -50,27 +50,27 @@ fn signed(sub: &DeviceCredentials, method: SignMethod, secret: &str) -> Value {
     })
 }
 
-fn sign(sub: &DeviceCredentials) -> Value {
+pub(crate) fn sign(sub: &DeviceCredentials) -> Value {
     signed(sub, SignMethod::HmacSha256, &sub.device_secret)
 }
 
-fn request(id: &str, params: Value) -> Vec<u8> {
+pub(crate) fn request(id: &str, params: Value) -> Vec<u8> {
     json!({"id": id, "version": "1.0", "params": params}).to_string().into_bytes()
 }
 
-fn session_topic(gateway: &DeviceCredentials, path: &str) -> String {
+pub(crate) fn session_topic(gateway: &DeviceCredentials, path: &str) -> String {
     format!("/ext/session/{}/{}/{path}", gateway.product_key, gateway.device_name)
 }
 
 /// Publishes on `topic` and returns the reply on `topic_reply`.
-async fn ask(device: &mut Device, topic: &str, body: Vec<u8>) -> Value {
+pub(crate) async fn ask(device: &mut Device, topic: &str, body: Vec<u8>) -> Value {
     device.publish(topic, body).await;
     let reply = device.next_message().await;
     assert_eq!(reply.topic, format!("{topic}_reply"));
     reply.json()
 }
 
-async fn status_becomes(platform: &TestPlatform, device: &DeviceCredentials, wanted: &str) {
+pub(crate) async fn status_becomes(platform: &TestPlatform, device: &DeviceCredentials, wanted: &str) {
     eventually(&format!("{} {wanted}", device.device_name), SOON, || async {
         (platform.status(device).await.0 == wanted).then_some(())
     })

@@ -4,6 +4,7 @@
 
 mod api;
 mod connect;
+mod downlink;
 mod gateway;
 mod presence;
 mod thing;

@@ -1,9 +1,10 @@
-//! Messages for a device, sent to the edge node that holds its session
-//! (`tether.edge.<node>.down`, a core message). The device and topic ride in headers, the
-//! payload is the MQTT payload as is.
+//! Messages for devices, sent to the edge node that holds their session
+//! (`tether.edge.<node>.down`) or to every edge (`tether.edge.all.bcast`), and the answers edges
+//! hand back to synchronous callers (`reply_to`); all core messages. The device, topic and ids
+//! ride in headers, the payload is the MQTT payload as is (docs/commands.md).
 
 use bytes::Bytes;
-use tether_model::DeviceKey;
+use tether_model::{DeviceKey, ProductKey};
 
 use crate::{BusMessage, subject};
 
@@ -40,6 +41,27 @@ pub struct Correlation {
     pub reply_to: Option<String>,
     /// Epoch ms after which an answer is no longer handed to `reply_to`.
     pub deadline: i64,
+}
+
+/// A message for every device of a product on every edge: without `topic` each online device gets
+/// it on `/sys/{pk}/{dn}/broadcast/request/{messageId}`; with `topic` (`/broadcast/{pk}/{..}`)
+/// the devices subscribed to a matching filter get it there. Always QoS 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcast {
+    pub product_key: ProductKey,
+    pub message_id: String,
+    pub topic: Option<String>,
+    pub payload: Bytes,
+}
+
+/// A device's answer to a synchronous call, handed by the edge to the call's `reply_to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallAnswer {
+    pub message_id: String,
+    /// The device that answered (a sub-device's own key, not its gateway's).
+    pub device: DeviceKey,
+    /// As the device sent it (an Alink reply, or raw RRPC bytes).
+    pub payload: Bytes,
 }
 
 /// Which of the device's publishes answers a command.
@@ -100,6 +122,50 @@ impl Downlink {
     }
 }
 
+// === impl Broadcast ===
+
+impl Broadcast {
+    /// The bus message carrying this broadcast to every edge.
+    pub fn to_message(&self) -> BusMessage {
+        let message = BusMessage::new(subject::EDGE_BROADCAST, self.payload.clone())
+            .with_header(header::PRODUCT_KEY, self.product_key.as_str())
+            .with_header(header::MESSAGE_ID, self.message_id.clone());
+        match &self.topic {
+            Some(topic) => message.with_header(header::TOPIC, topic.clone()),
+            None => message,
+        }
+    }
+
+    /// Reads a broadcast back; `None` for a message that is not one.
+    pub fn from_message(message: BusMessage) -> Option<Self> {
+        let headers = &message.headers;
+        let product_key = ProductKey::new(headers.get(header::PRODUCT_KEY)?.as_str()).ok()?;
+        let message_id = headers.get(header::MESSAGE_ID)?.clone();
+        let topic = headers.get(header::TOPIC).cloned();
+        Some(Self { product_key, message_id, topic, payload: message.payload })
+    }
+}
+
+// === impl CallAnswer ===
+
+impl CallAnswer {
+    /// The bus message carrying this answer to the caller's `reply_to` subject.
+    pub fn to_message(&self, reply_to: &str) -> BusMessage {
+        BusMessage::new(reply_to, self.payload.clone())
+            .with_header(header::MESSAGE_ID, self.message_id.clone())
+            .with_header(header::PRODUCT_KEY, self.device.product_key.as_str())
+            .with_header(header::DEVICE_NAME, self.device.device_name.as_str())
+    }
+
+    /// Reads an answer back; `None` for a message that is not one.
+    pub fn from_message(message: BusMessage) -> Option<Self> {
+        let headers = &message.headers;
+        let device = DeviceKey::parse(headers.get(header::PRODUCT_KEY)?, headers.get(header::DEVICE_NAME)?).ok()?;
+        let message_id = headers.get(header::MESSAGE_ID)?.clone();
+        Some(Self { message_id, device, payload: message.payload })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +200,29 @@ mod tests {
             }),
         };
         assert_eq!(Downlink::from_message(downlink.to_message("n")), Some(downlink));
+    }
+
+    #[test]
+    fn broadcasts_and_answers_survive_the_bus_message_round_trip() {
+        for topic in [None, Some("/broadcast/pk/news".to_owned())] {
+            let broadcast = Broadcast {
+                product_key: ProductKey::new("pk").unwrap(),
+                message_id: "42".into(),
+                topic,
+                payload: Bytes::from_static(b"hello"),
+            };
+            let message = broadcast.to_message();
+            assert_eq!(message.subject, subject::EDGE_BROADCAST);
+            assert_eq!(Broadcast::from_message(message), Some(broadcast));
+        }
+        let answer = CallAnswer {
+            message_id: "42".into(),
+            device: DeviceKey::parse("pk", "dn").unwrap(),
+            payload: Bytes::from_static(b"pong"),
+        };
+        let message = answer.to_message("tether.command.c1.reply");
+        assert_eq!(message.subject, "tether.command.c1.reply");
+        assert_eq!(message.headers["deviceName"], "dn");
+        assert_eq!(CallAnswer::from_message(message), Some(answer));
     }
 }

@@ -15,7 +15,15 @@ pub mod header {
     pub const TOPIC: &str = "topic";
     pub const MESSAGE_ID: &str = "messageId";
     pub const GENERATE_TIME: &str = "generateTime";
+    /// What a `downlink` event reports: [`super::DOWNLINK_DELIVERED`] or [`super::DOWNLINK_REPLY`].
+    pub const EVENT: &str = "event";
 }
+
+/// The `event` header of a `downlink` event for a device's PUBACK of a command.
+pub const DOWNLINK_DELIVERED: &str = "delivered";
+
+/// The `event` header of a `downlink` event for a device's Alink reply to a command.
+pub const DOWNLINK_REPLY: &str = "reply";
 
 /// Who an event is about.
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +165,52 @@ pub fn topo_lifecycle<'a>(
     with_headers(subject::uplink(gateway.tenant, gateway.device, UplinkKind::Topo), body, topic, at)
 }
 
+/// A device acknowledged (QoS 1 PUBACK) the command `message_id` sent on `topic`: a `downlink`
+/// event `{messageId, iotId, productKey, deviceName, status: "DELIVERED", time}`.
+pub fn downlink_delivered(origin: Origin<'_>, message_id: &str, topic: &str, at: i64) -> BusMessage {
+    let body = json!({
+        "messageId": message_id,
+        "iotId": origin.iot_id,
+        "productKey": origin.device.product_key,
+        "deviceName": origin.device.device_name,
+        "status": "DELIVERED",
+        "time": at,
+    });
+    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Downlink), body, topic.to_owned(), at)
+        .with_header(header::EVENT, DOWNLINK_DELIVERED)
+}
+
+/// A device's Alink reply to a command, as it answered.
+#[derive(Debug, Clone, Copy)]
+pub struct DownlinkReply<'a> {
+    /// The reply's `id`: the command's message id.
+    pub request_id: &'a str,
+    pub code: i64,
+    pub message: &'a str,
+    /// The command's topic (the reply's topic without `_reply`).
+    pub topic: &'a str,
+    pub data: &'a Value,
+}
+
+/// A device's reply to a command in Aliyun's `thing/downlink/reply/message` shape: a `downlink`
+/// event `{gmtCreate, iotId, productKey, deviceName, requestId, code, message, topic, data}`.
+pub fn downlink_reply(origin: Origin<'_>, reply: DownlinkReply<'_>, at: i64) -> BusMessage {
+    let body = json!({
+        "gmtCreate": at,
+        "iotId": origin.iot_id,
+        "productKey": origin.device.product_key,
+        "deviceName": origin.device.device_name,
+        "requestId": reply.request_id,
+        "code": reply.code,
+        "message": reply.message,
+        "topic": reply.topic,
+        "data": reply.data,
+    });
+    let topic = format!("/{}/{}/thing/downlink/reply/message", origin.device.product_key, origin.device.device_name);
+    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Downlink), body, topic, at)
+        .with_header(header::EVENT, DOWNLINK_REPLY)
+}
+
 /// A property value as `(value, time)`: `{value, time}` objects are unwrapped.
 pub fn split_timed_value(raw: &Value, default_time: i64) -> (Value, i64) {
     if let Value::Object(obj) = raw
@@ -223,5 +277,32 @@ mod tests {
         assert_eq!(body["time"], "2017-11-16 02:34:30.074");
         assert_eq!(body["utcTime"], "2017-11-16T02:34:30.074Z");
         assert_eq!(body["status"], "online");
+    }
+
+    #[test]
+    fn downlink_events_carry_their_kind_and_aliyun_shape() {
+        let device = DeviceKey::parse("pk", "dn").unwrap();
+        let tenant = TenantId::new("t").unwrap();
+        let origin = Origin { tenant: &tenant, device: &device, iot_id: "i" };
+        let delivered = downlink_delivered(origin, "7", "/sys/pk/dn/thing/service/property/set", 5);
+        assert_eq!(delivered.subject, "tether.up.t.pk.dn.downlink");
+        assert_eq!(delivered.headers[header::EVENT], DOWNLINK_DELIVERED);
+        let body: Value = serde_json::from_slice(&delivered.payload).unwrap();
+        assert_eq!(
+            body,
+            json!({"messageId": "7", "iotId": "i", "productKey": "pk", "deviceName": "dn", "status": "DELIVERED", "time": 5})
+        );
+
+        let data = json!({"Power": 1});
+        let topic = "/sys/pk/dn/thing/service/property/set";
+        let reply = DownlinkReply { request_id: "7", code: 200, message: "success", topic, data: &data };
+        let reply = downlink_reply(origin, reply, 6);
+        assert_eq!(reply.headers[header::EVENT], DOWNLINK_REPLY);
+        assert_eq!(reply.headers[header::TOPIC], "/pk/dn/thing/downlink/reply/message");
+        let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(body["requestId"], "7");
+        assert_eq!((&body["code"], &body["topic"], &body["data"]), (&json!(200), &json!(topic), &data));
+        // Each event has its own id: a consumer skipping acked ids must see both.
+        assert_ne!(delivered.headers[header::MESSAGE_ID], reply.headers[header::MESSAGE_ID]);
     }
 }
