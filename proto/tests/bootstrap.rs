@@ -23,6 +23,7 @@ fn generated_code_is_up_to_date() {
                 root.join("tether/v1/auth.proto"),
                 root.join("tether/v1/thing.proto"),
                 root.join("tether/v1/gateway.proto"),
+                root.join("tether/v1/command.proto"),
             ],
             std::slice::from_ref(&root),
         )

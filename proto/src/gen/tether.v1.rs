@@ -4712,3 +4712,1019 @@ pub mod gateway_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// An async command as recorded.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AsyncCommand {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub device_name: ::prost::alloc::string::String,
+    /// The downlink topic.
+    #[prost(string, tag = "4")]
+    pub topic: ::prost::alloc::string::String,
+    /// `thing.service.property.set`, `thing.service.{identifier}`.
+    #[prost(string, tag = "5")]
+    pub method: ::prost::alloc::string::String,
+    #[prost(enumeration = "CommandStatus", tag = "6")]
+    pub status: i32,
+    #[prost(int64, tag = "7")]
+    pub created_at: i64,
+    #[prost(int64, tag = "8")]
+    pub updated_at: i64,
+    /// When a queued command expires.
+    #[prost(int64, optional, tag = "9")]
+    pub expires_at: ::core::option::Option<i64>,
+    /// The device's reply, once it replied.
+    #[prost(int64, optional, tag = "10")]
+    pub reply_code: ::core::option::Option<i64>,
+    #[prost(string, optional, tag = "11")]
+    pub reply_data_json: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, optional, tag = "12")]
+    pub reply_message: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CommandResponse {
+    #[prost(message, optional, tag = "1")]
+    pub command: ::core::option::Option<AsyncCommand>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetPropertiesRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+    /// A JSON object: property identifier → value.
+    #[prost(string, tag = "3")]
+    pub items_json: ::prost::alloc::string::String,
+    /// Keep the command this long (ms) for an offline device; absent: an offline device is refused.
+    #[prost(uint64, optional, tag = "4")]
+    pub ttl_ms: ::core::option::Option<u64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InvokeServiceRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub identifier: ::prost::alloc::string::String,
+    /// A JSON object of input parameters, or `null` for none.
+    #[prost(string, tag = "4")]
+    pub args_json: ::prost::alloc::string::String,
+    /// Sync services: how long to wait, 1000–8000 (default 5000).
+    #[prost(uint32, optional, tag = "5")]
+    pub timeout_ms: ::core::option::Option<u32>,
+    /// Async services: how long to keep the command for an offline device.
+    #[prost(uint64, optional, tag = "6")]
+    pub ttl_ms: ::core::option::Option<u64>,
+}
+/// What a sync service answered.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SyncInvocation {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "RrpcCode", tag = "2")]
+    pub rrpc_code: i32,
+    /// The device's Alink reply `code` and `data` (JSON text), when it answered with one.
+    #[prost(int64, optional, tag = "3")]
+    pub code: ::core::option::Option<i64>,
+    #[prost(string, optional, tag = "4")]
+    pub data_json: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InvokeServiceResponse {
+    #[prost(oneof = "invoke_service_response::Invocation", tags = "1, 2")]
+    pub invocation: ::core::option::Option<invoke_service_response::Invocation>,
+}
+/// Nested message and enum types in `InvokeServiceResponse`.
+pub mod invoke_service_response {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Invocation {
+        #[prost(message, tag = "1")]
+        Async(super::AsyncCommand),
+        #[prost(message, tag = "2")]
+        Sync(super::SyncInvocation),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RrpcCallRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    /// 1000–8000.
+    #[prost(uint32, tag = "4")]
+    pub timeout_ms: u32,
+    /// A custom topic (short name, or `/{pk}/{dn}/user/..`): the request goes on
+    /// `/ext/rrpc/{messageId}/{pk}/{dn}/user/{short}` instead of `rrpc/request/{messageId}`.
+    #[prost(string, optional, tag = "5")]
+    pub topic: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RrpcCallResponse {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "RrpcCode", tag = "2")]
+    pub rrpc_code: i32,
+    /// The device's answer as sent, with SUCCESS.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub payload: ::core::option::Option<::prost::alloc::vec::Vec<u8>>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PublishRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub topic_full_name: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    /// 0 or 1.
+    #[prost(uint32, tag = "4")]
+    pub qos: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BroadcastRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+    /// `/broadcast/{pk}/..`; absent: every online device of the product.
+    #[prost(string, optional, tag = "3")]
+    pub topic: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MessageIdResponse {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetCommandRequest {
+    #[prost(string, tag = "1")]
+    pub message_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListCommandsRequest {
+    #[prost(string, tag = "1")]
+    pub product_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub device_name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListCommandsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub commands: ::prost::alloc::vec::Vec<AsyncCommand>,
+}
+/// Where an async command is in its life.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CommandStatus {
+    Unspecified = 0,
+    Queued = 1,
+    Sent = 2,
+    Delivered = 3,
+    Succeeded = 4,
+    Failed = 5,
+    Expired = 6,
+}
+impl CommandStatus {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "COMMAND_STATUS_UNSPECIFIED",
+            Self::Queued => "COMMAND_STATUS_QUEUED",
+            Self::Sent => "COMMAND_STATUS_SENT",
+            Self::Delivered => "COMMAND_STATUS_DELIVERED",
+            Self::Succeeded => "COMMAND_STATUS_SUCCEEDED",
+            Self::Failed => "COMMAND_STATUS_FAILED",
+            Self::Expired => "COMMAND_STATUS_EXPIRED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "COMMAND_STATUS_UNSPECIFIED" => Some(Self::Unspecified),
+            "COMMAND_STATUS_QUEUED" => Some(Self::Queued),
+            "COMMAND_STATUS_SENT" => Some(Self::Sent),
+            "COMMAND_STATUS_DELIVERED" => Some(Self::Delivered),
+            "COMMAND_STATUS_SUCCEEDED" => Some(Self::Succeeded),
+            "COMMAND_STATUS_FAILED" => Some(Self::Failed),
+            "COMMAND_STATUS_EXPIRED" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+}
+/// How a synchronous call ended (Aliyun's RrpcCode).
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RrpcCode {
+    Unspecified = 0,
+    Success = 1,
+    Timeout = 2,
+    Offline = 3,
+    Unknown = 4,
+}
+impl RrpcCode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "RRPC_CODE_UNSPECIFIED",
+            Self::Success => "RRPC_CODE_SUCCESS",
+            Self::Timeout => "RRPC_CODE_TIMEOUT",
+            Self::Offline => "RRPC_CODE_OFFLINE",
+            Self::Unknown => "RRPC_CODE_UNKNOWN",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RRPC_CODE_UNSPECIFIED" => Some(Self::Unspecified),
+            "RRPC_CODE_SUCCESS" => Some(Self::Success),
+            "RRPC_CODE_TIMEOUT" => Some(Self::Timeout),
+            "RRPC_CODE_OFFLINE" => Some(Self::Offline),
+            "RRPC_CODE_UNKNOWN" => Some(Self::Unknown),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod command_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct CommandClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl CommandClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> CommandClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> CommandClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            CommandClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Sends `thing.service.property.set` (items checked against the thing model).
+        pub async fn set_properties(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetPropertiesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CommandResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Command/SetProperties",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Command", "SetProperties"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Invokes a service of the thing model: async ones answer the recorded command, sync ones the
+        /// device's answer.
+        pub async fn invoke_service(
+            &mut self,
+            request: impl tonic::IntoRequest<super::InvokeServiceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::InvokeServiceResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Command/InvokeService",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Command", "InvokeService"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Sends raw bytes over RRPC and waits for the answer.
+        pub async fn rrpc(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RrpcCallRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RrpcCallResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/tether.v1.Command/Rrpc");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tether.v1.Command", "Rrpc"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Publishes to a device's custom topic (a SUB or ALL class) or a broadcast topic.
+        pub async fn publish(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PublishRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MessageIdResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Command/Publish",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("tether.v1.Command", "Publish"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Sends to every online device of a product, or to those subscribed to a broadcast topic.
+        pub async fn broadcast(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BroadcastRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MessageIdResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Command/Broadcast",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Command", "Broadcast"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// An async command by its message id.
+        pub async fn get_command(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetCommandRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CommandResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Command/GetCommand",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Command", "GetCommand"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A device's async commands, oldest first.
+        pub async fn list_commands(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListCommandsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListCommandsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tether.v1.Command/ListCommands",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("tether.v1.Command", "ListCommands"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod command_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with CommandServer.
+    #[async_trait]
+    pub trait Command: std::marker::Send + std::marker::Sync + 'static {
+        /// Sends `thing.service.property.set` (items checked against the thing model).
+        async fn set_properties(
+            &self,
+            request: tonic::Request<super::SetPropertiesRequest>,
+        ) -> std::result::Result<tonic::Response<super::CommandResponse>, tonic::Status>;
+        /// Invokes a service of the thing model: async ones answer the recorded command, sync ones the
+        /// device's answer.
+        async fn invoke_service(
+            &self,
+            request: tonic::Request<super::InvokeServiceRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::InvokeServiceResponse>,
+            tonic::Status,
+        >;
+        /// Sends raw bytes over RRPC and waits for the answer.
+        async fn rrpc(
+            &self,
+            request: tonic::Request<super::RrpcCallRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RrpcCallResponse>,
+            tonic::Status,
+        >;
+        /// Publishes to a device's custom topic (a SUB or ALL class) or a broadcast topic.
+        async fn publish(
+            &self,
+            request: tonic::Request<super::PublishRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MessageIdResponse>,
+            tonic::Status,
+        >;
+        /// Sends to every online device of a product, or to those subscribed to a broadcast topic.
+        async fn broadcast(
+            &self,
+            request: tonic::Request<super::BroadcastRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MessageIdResponse>,
+            tonic::Status,
+        >;
+        /// An async command by its message id.
+        async fn get_command(
+            &self,
+            request: tonic::Request<super::GetCommandRequest>,
+        ) -> std::result::Result<tonic::Response<super::CommandResponse>, tonic::Status>;
+        /// A device's async commands, oldest first.
+        async fn list_commands(
+            &self,
+            request: tonic::Request<super::ListCommandsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListCommandsResponse>,
+            tonic::Status,
+        >;
+    }
+    #[derive(Debug)]
+    pub struct CommandServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> CommandServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for CommandServer<T>
+    where
+        T: Command,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/tether.v1.Command/SetProperties" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetPropertiesSvc<T: Command>(pub Arc<T>);
+                    impl<
+                        T: Command,
+                    > tonic::server::UnaryService<super::SetPropertiesRequest>
+                    for SetPropertiesSvc<T> {
+                        type Response = super::CommandResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetPropertiesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Command>::set_properties(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetPropertiesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Command/InvokeService" => {
+                    #[allow(non_camel_case_types)]
+                    struct InvokeServiceSvc<T: Command>(pub Arc<T>);
+                    impl<
+                        T: Command,
+                    > tonic::server::UnaryService<super::InvokeServiceRequest>
+                    for InvokeServiceSvc<T> {
+                        type Response = super::InvokeServiceResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::InvokeServiceRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Command>::invoke_service(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = InvokeServiceSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Command/Rrpc" => {
+                    #[allow(non_camel_case_types)]
+                    struct RrpcSvc<T: Command>(pub Arc<T>);
+                    impl<T: Command> tonic::server::UnaryService<super::RrpcCallRequest>
+                    for RrpcSvc<T> {
+                        type Response = super::RrpcCallResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RrpcCallRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Command>::rrpc(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RrpcSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Command/Publish" => {
+                    #[allow(non_camel_case_types)]
+                    struct PublishSvc<T: Command>(pub Arc<T>);
+                    impl<T: Command> tonic::server::UnaryService<super::PublishRequest>
+                    for PublishSvc<T> {
+                        type Response = super::MessageIdResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PublishRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Command>::publish(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PublishSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Command/Broadcast" => {
+                    #[allow(non_camel_case_types)]
+                    struct BroadcastSvc<T: Command>(pub Arc<T>);
+                    impl<T: Command> tonic::server::UnaryService<super::BroadcastRequest>
+                    for BroadcastSvc<T> {
+                        type Response = super::MessageIdResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BroadcastRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Command>::broadcast(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BroadcastSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Command/GetCommand" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetCommandSvc<T: Command>(pub Arc<T>);
+                    impl<
+                        T: Command,
+                    > tonic::server::UnaryService<super::GetCommandRequest>
+                    for GetCommandSvc<T> {
+                        type Response = super::CommandResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetCommandRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Command>::get_command(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetCommandSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tether.v1.Command/ListCommands" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListCommandsSvc<T: Command>(pub Arc<T>);
+                    impl<
+                        T: Command,
+                    > tonic::server::UnaryService<super::ListCommandsRequest>
+                    for ListCommandsSvc<T> {
+                        type Response = super::ListCommandsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListCommandsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Command>::list_commands(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListCommandsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for CommandServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "tether.v1.Command";
+    impl<T> tonic::server::NamedService for CommandServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

@@ -1,224 +1,26 @@
-//! The command service on the embedded adapters (fjall store, in-process bus, local routes, real
-//! auth and thing services), with a scripted edge: the test reads the downlinks the service
-//! sends to node `n1` and answers as docs/commands.md says an edge does (answers on `replyTo`,
-//! `delivered` and `reply` events on the stream). The same behaviour with real devices and the
-//! real edge: services/tether/tests/commands.rs.
+//! The command service on the embedded adapters with a scripted edge (`support`): calls,
+//! answers, async command records and the offline queue. The same behaviour with real devices
+//! and the real edge: services/tether/tests/commands.rs.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
-use tether_auth::Auth;
+use serde_json::{Value, json};
+use tether_bus::Bus;
 use tether_bus::downlink::{Answer, Downlink};
-use tether_bus::events::{self, Origin};
-use tether_bus::subject::{self, UplinkKind};
-use tether_bus::{Bus, BusMessage, InProcessBus, Subscription};
-use tether_command::{CommandConfig, CommandDeps, CommandTasks, Commands, MAX_QUEUED_PER_DEVICE};
+use tether_bus::subject;
+use tether_command::MAX_QUEUED_PER_DEVICE;
 use tether_contract::{
-    AuthService, CommandService, CommandStatus, Invocation, NewDevice, NewProduct, RrpcCode, SendOptions, ServiceError,
+    AuthService, CommandService, CommandStatus, Invocation, NewDevice, RrpcCode, SendOptions, ServiceError,
     ThingService, now_ms,
 };
-use tether_model::{DeviceKey, DeviceName, ProductKey, TenantId, TopicClass, TopicOperation, Tsl};
-use tether_store::{FjallStore, KvStore, LocalRoutes, Route, SessionRoutes};
-use tether_thing::Thing;
+use tether_model::{DeviceName, TopicOperation};
+use tether_store::{Route, SessionRoutes};
 use tokio::time::Instant;
 
-const NODE: &str = "n1";
-
-/// The service and what it runs on, in one data directory.
-struct Setup {
-    commands: Arc<Commands>,
-    tasks: CommandTasks,
-    bus: InProcessBus,
-    routes: LocalRoutes,
-    auth: Arc<Auth>,
-    thing: Arc<Thing>,
-    tenant: TenantId,
-    /// Downlinks sent to node `n1`.
-    edge: Subscription,
-    dir: std::path::PathBuf,
-    _tmp: Option<tempfile::TempDir>,
-}
-
-impl Setup {
-    async fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut setup = Self::open(tmp.path().to_owned()).await;
-        setup._tmp = Some(tmp);
-        setup
-    }
-
-    async fn open(dir: std::path::PathBuf) -> Self {
-        let store: Arc<dyn KvStore> = Arc::new(FjallStore::open(&dir.join("store")).unwrap());
-        let bus = InProcessBus::open(&dir.join("bus")).unwrap();
-        let bus_dyn: Arc<dyn Bus> = Arc::new(bus.clone());
-        let routes = LocalRoutes::open(store.clone(), now_ms()).await.unwrap();
-        let auth = Arc::new(Auth::open(store.clone(), bus_dyn.clone(), "admin").await.unwrap());
-        let thing = Arc::new(Thing::new(store.clone(), bus_dyn.clone(), Arc::new(routes.clone())));
-        let edge = bus.subscribe(&subject::edge_down(NODE)).await.unwrap();
-        let deps = CommandDeps {
-            store,
-            bus: bus_dyn,
-            routes: Arc::new(routes.clone()),
-            thing: thing.clone(),
-            auth: auth.clone(),
-        };
-        let config = CommandConfig { sweep_interval: Duration::from_millis(100), ..CommandConfig::default() };
-        let (commands, tasks) = Commands::start(deps, config).await.unwrap();
-        Self {
-            commands,
-            tasks,
-            bus,
-            routes,
-            auth,
-            thing,
-            tenant: TenantId::new("default").unwrap(),
-            edge,
-            dir,
-            _tmp: None,
-        }
-    }
-
-    /// Stops everything and opens the same directory again.
-    async fn restart(self) -> Self {
-        let Self { commands, tasks, bus, routes, auth, thing, dir, _tmp, edge, .. } = self;
-        tasks.stop().await;
-        drop((commands, auth, thing, edge));
-        routes.close().await;
-        bus.close().await;
-        drop((routes, bus));
-        let mut setup = Self::open(dir).await;
-        setup._tmp = _tmp;
-        setup
-    }
-
-    async fn product(&self, classes: &[(&str, TopicOperation)]) -> ProductKey {
-        let product = NewProduct {
-            name: "p".into(),
-            product_key: None,
-            node_type: Default::default(),
-            data_format: Default::default(),
-            dialect: Default::default(),
-        };
-        let product = self.auth.create_product(&self.tenant, product).await.unwrap();
-        for (short, operation) in classes {
-            let class = TopicClass { short: (*short).into(), operation: *operation };
-            self.auth.add_topic_class(&self.tenant, &product.product_key, class).await.unwrap();
-        }
-        product.product_key
-    }
-
-    async fn device(&self, product_key: &ProductKey) -> DeviceKey {
-        let device = self.auth.register_device(&self.tenant, product_key, NewDevice::default()).await.unwrap();
-        DeviceKey::new(device.product_key, device.device_name)
-    }
-
-    /// Marks the device connected to `n1` and announces it, as the edge does.
-    async fn connect(&self, device: &DeviceKey) {
-        let route = Route { node: NODE.into(), conn_id: 1, connected_at: now_ms(), client_ip: "127.0.0.1".into() };
-        self.routes.connect(device, route).await.unwrap();
-        let origin = Origin { tenant: &self.tenant, device, iot_id: "iot" };
-        self.bus.publish_durable(events::status(origin, true, now_ms(), "127.0.0.1")).await.unwrap();
-    }
-
-    async fn disconnect(&self, device: &DeviceKey) {
-        self.routes.disconnect(device, NODE, 1, now_ms()).await.unwrap();
-    }
-
-    /// The next downlink the service sent to `n1`.
-    async fn downlink(&mut self) -> Downlink {
-        let message = tokio::time::timeout(Duration::from_secs(5), self.edge.next()).await.unwrap().unwrap();
-        Downlink::from_message(message).unwrap()
-    }
-
-    async fn no_downlink(&mut self, wait: Duration) {
-        if let Ok(Some(message)) = tokio::time::timeout(wait, self.edge.next()).await {
-            panic!("unexpected downlink {message:?}");
-        }
-    }
-
-    /// Reports what became of a followed downlink, as the edge does.
-    async fn report(&self, downlink: &Downlink, event: &str, code: Option<i64>) {
-        let correlation = downlink.correlation.as_ref().unwrap();
-        let mut body = json!({
-            "gmtCreate": now_ms(),
-            "iotId": "iot",
-            "productKey": downlink.device.product_key,
-            "deviceName": downlink.device.device_name,
-            "requestId": correlation.message_id,
-            "topic": downlink.topic,
-        });
-        if let Some(code) = code {
-            body["code"] = json!(code);
-            body["message"] = json!(if code == 200 { "success" } else { "failed" });
-            body["data"] = json!({"echo": code});
-        }
-        let message =
-            BusMessage::new(subject::uplink(&self.tenant, &downlink.device, UplinkKind::Downlink), body.to_string())
-                .with_header("event", event)
-                .with_header(events::header::MESSAGE_ID, format!("{:x}", rand::random::<u64>()));
-        self.bus.publish_durable(message).await.unwrap();
-    }
-
-    async fn status(&self, message_id: &str, expected: CommandStatus) -> tether_contract::Command {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let command = self.commands.get_command(message_id).await.unwrap();
-            if command.status == expected {
-                return command;
-            }
-            assert!(Instant::now() < deadline, "command {message_id} is {:?}, not {expected:?}", command.status);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// Hands the device's answer to the call that sent `downlink`, as the edge does.
-async fn answer(bus: &InProcessBus, downlink: &Downlink, payload: impl Into<Bytes>) {
-    let correlation = downlink.correlation.as_ref().unwrap();
-    let message = BusMessage::new(correlation.reply_to.clone().unwrap(), payload.into())
-        .with_header("messageId", correlation.message_id.clone())
-        .with_header("productKey", downlink.device.product_key.as_str())
-        .with_header("deviceName", downlink.device.device_name.as_str());
-    bus.publish(message).await.unwrap();
-}
-
-fn items(value: Value) -> Map<String, Value> {
-    value.as_object().unwrap().clone()
-}
-
-fn ttl(ms: u64) -> SendOptions {
-    SendOptions { ttl_ms: Some(ms) }
-}
-
-fn invalid_field(error: ServiceError) -> String {
-    match error {
-        ServiceError::Invalid { field, .. } => field,
-        other => panic!("not invalid: {other:?}"),
-    }
-}
-
-fn lamp_model() -> Tsl {
-    let json = json!({
-        "properties": [
-            { "identifier": "Temp", "name": "t", "accessMode": "r",
-              "dataType": { "type": "int", "specs": { "min": "-20", "max": "60" } } },
-            { "identifier": "Mode", "name": "m", "accessMode": "rw",
-              "dataType": { "type": "enum", "specs": { "0": "off", "1": "on" } } }
-        ],
-        "events": [],
-        "services": [
-            { "identifier": "Blink", "name": "b", "callType": "async",
-              "inputData": [{ "identifier": "times", "name": "n",
-                              "dataType": { "type": "int", "specs": { "min": "1", "max": "9" } } }],
-              "outputData": [] },
-            { "identifier": "Probe", "name": "p", "callType": "sync", "inputData": [],
-              "outputData": [{ "identifier": "ok", "name": "ok", "dataType": { "type": "bool", "specs": {} } }] }
-        ]
-    });
-    Tsl::parse(json.to_string().as_bytes()).unwrap()
-}
+use support::*;
 
 #[tokio::test]
 async fn rrpc_to_an_offline_device_answers_offline_at_once() {

@@ -14,7 +14,10 @@ pub use auth::{
     DeviceSession, Dialect, IssuedApiKey, MAX_SUB_DEVICES_PER_GATEWAY, MAX_SUB_DEVICES_PER_REQUEST, NewDevice,
     NewProduct, NodeType, Page, Product, SubDevice, SubDeviceSign, Tenant, TopologyError,
 };
-pub use command::{Command, CommandService, CommandStatus, Invocation, RrpcCode, RrpcOutcome, SendOptions};
+pub use command::{
+    Command, CommandGrpcClient, CommandGrpcServer, CommandService, CommandStatus, Invocation, RrpcCode, RrpcOutcome,
+    SendOptions,
+};
 pub use error::ServiceError;
 pub use thing::{
     DesiredValue, DeviceMessage, DeviceRef, DeviceRequest, PropertySnapshot, Tag, ThingGrpcClient, ThingGrpcServer,

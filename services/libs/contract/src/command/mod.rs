@@ -13,6 +13,11 @@ use tether_model::{DeviceKey, ProductKey};
 
 use crate::ServiceError;
 
+mod grpc;
+mod wire;
+
+pub use grpc::{CommandGrpcClient, CommandGrpcServer};
+
 /// The shortest and longest wait of a synchronous call (RRPC, sync service), in ms.
 pub const TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u32> = 1000..=8000;
 

@@ -16,7 +16,7 @@ use tether_model::{DeviceKey, ProductKey, TenantId, Tsl};
 use crate::ServiceError;
 
 mod grpc;
-mod wire;
+pub(crate) mod wire;
 
 pub use grpc::{ThingGrpcClient, ThingGrpcServer};
 

@@ -36,7 +36,7 @@ pub(crate) fn tsl(raw: &str) -> Result<Tsl, ServiceError> {
     })
 }
 
-fn json_value(field: &str, raw: &str) -> Result<Value, ServiceError> {
+pub(crate) fn json_value(field: &str, raw: &str) -> Result<Value, ServiceError> {
     serde_json::from_str(raw).map_err(|e| ServiceError::invalid(field, e))
 }
 
