@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tether_bus::{BusMessage, Consumer};
+use tether_bus::{BusMessage, Consumer, events};
 use tether_contract::{ServiceError, now_ms};
 use tether_model::{DeviceKey, DeviceName, ProductKey};
 
@@ -45,9 +45,6 @@ pub const REGISTRY_GROUP: &str = "command-registry";
 /// How long to wait before an event that failed is handled again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// The header naming what a `downlink` event reports.
-const EVENT_HEADER: &str = "event";
-
 /// The part of a status event (`events::status`) the queue needs.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -57,8 +54,8 @@ struct StatusEvent {
     device_name: DeviceName,
 }
 
-/// A `downlink` event: Aliyun's downlink reply shape (PROTOCOL.md B.4); `delivered` events carry
-/// the device and request id only.
+/// A `downlink` event (`events::downlink_reply`, Aliyun's downlink reply shape, PROTOCOL.md B.4;
+/// or `events::downlink_delivered`, which names the command `messageId`).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct DownlinkEvent {
@@ -119,9 +116,9 @@ impl Commands {
             let Some(event) = read::<DownlinkEvent>(&message) else {
                 return Handled::Done;
             };
-            let step = match message.headers.get(EVENT_HEADER).map(String::as_str) {
-                Some("delivered") => Step::Delivered,
-                Some("reply") => Step::Reply {
+            let step = match message.headers.get(events::header::EVENT).map(String::as_str) {
+                Some(events::DOWNLINK_DELIVERED) => Step::Delivered,
+                Some(events::DOWNLINK_REPLY) => Step::Reply {
                     code: event.code.unwrap_or_default(),
                     data: event.data.unwrap_or(Value::Null),
                     message: event.message.unwrap_or_default(),

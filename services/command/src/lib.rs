@@ -39,8 +39,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
-use tether_bus::downlink::{Answer, Correlation, Downlink};
-use tether_bus::{Bus, BusError, BusMessage, subject};
+use tether_bus::downlink::{Answer, Broadcast, Correlation, Downlink};
+use tether_bus::{Bus, BusError, subject};
 use tether_contract::{
     AuthService, Command, CommandService, CommandStatus, Invocation, Product, RrpcCode, RrpcOutcome, SendOptions,
     ServiceError, ThingService, now_ms,
@@ -461,8 +461,8 @@ impl CommandService for Commands {
             request::check_broadcast_topic(product_key, topic)?;
         }
         let message_id = request::new_message_id();
-        let message = broadcast_message(product_key, &message_id, topic, payload);
-        self.bus.publish(message).await.map_err(bus_error)?;
+        let broadcast = Broadcast { product_key: product_key.clone(), message_id: message_id.clone(), topic, payload };
+        self.bus.publish(broadcast.to_message()).await.map_err(bus_error)?;
         Ok(message_id)
     }
 
@@ -513,18 +513,6 @@ impl Clock {
             deadline: Instant::now() + Duration::from_millis(u64::from(timeout_ms)),
             deadline_ms: now_ms() + i64::from(timeout_ms),
         }
-    }
-}
-
-/// A broadcast as edges read it (docs/commands.md): headers `productKey`, `messageId`,
-/// optional `topic`; the payload as is.
-fn broadcast_message(product_key: &ProductKey, message_id: &str, topic: Option<String>, payload: Bytes) -> BusMessage {
-    let message = BusMessage::new(subject::EDGE_BROADCAST, payload)
-        .with_header("productKey", product_key.as_str())
-        .with_header("messageId", message_id);
-    match topic {
-        Some(topic) => message.with_header("topic", topic),
-        None => message,
     }
 }
 

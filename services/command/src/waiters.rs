@@ -12,15 +12,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tether_bus::Subscription;
+use tether_bus::downlink::CallAnswer;
 use tether_model::DeviceKey;
 use tokio::sync::oneshot;
-
-/// The headers an edge puts on an answer (docs/commands.md).
-mod header {
-    pub const MESSAGE_ID: &str = "messageId";
-    pub const PRODUCT_KEY: &str = "productKey";
-    pub const DEVICE_NAME: &str = "deviceName";
-}
 
 type Key = (String, DeviceKey);
 
@@ -74,18 +68,12 @@ impl Waiters {
     /// Routes the answers arriving on `subscription` until it ends, then releases every waiter.
     pub async fn route(self: Arc<Self>, mut subscription: Subscription) {
         while let Some(message) = subscription.next().await {
-            let headers = &message.headers;
-            let (Some(message_id), Some(pk), Some(dn)) =
-                (headers.get(header::MESSAGE_ID), headers.get(header::PRODUCT_KEY), headers.get(header::DEVICE_NAME))
-            else {
-                tracing::debug!(subject = %message.subject, "answer without its headers dropped");
+            let subject = message.subject.clone();
+            let Some(CallAnswer { message_id, device, payload }) = CallAnswer::from_message(message) else {
+                tracing::debug!(%subject, "unreadable answer dropped");
                 continue;
             };
-            let Ok(device) = DeviceKey::parse(pk, dn) else {
-                tracing::debug!(product_key = %pk, device_name = %dn, "answer for an invalid device dropped");
-                continue;
-            };
-            if !self.answer(message_id, &device, message.payload) {
+            if !self.answer(&message_id, &device, payload) {
                 tracing::debug!(%device, %message_id, "answer after its call ended dropped");
             }
         }
@@ -127,10 +115,8 @@ mod tests {
     }
 
     fn answer(message_id: &str, device: &DeviceKey, body: &'static str) -> BusMessage {
-        BusMessage::new("tether.command.c1.reply", body)
-            .with_header(header::MESSAGE_ID, message_id)
-            .with_header(header::PRODUCT_KEY, device.product_key.as_str())
-            .with_header(header::DEVICE_NAME, device.device_name.as_str())
+        let answer = CallAnswer { message_id: message_id.into(), device: device.clone(), payload: Bytes::from(body) };
+        answer.to_message("tether.command.c1.reply")
     }
 
     #[tokio::test]

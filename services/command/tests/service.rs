@@ -168,9 +168,9 @@ async fn a_property_set_is_checked_sent_and_followed_to_its_reply() {
     let correlation = downlink.correlation.clone().unwrap();
     assert_eq!((correlation.expect, correlation.reply_to), (Answer::Alink, None));
 
-    setup.report(&downlink, "delivered", None).await;
+    setup.report(&downlink, None).await;
     setup.status(&command.message_id, CommandStatus::Delivered).await;
-    setup.report(&downlink, "reply", Some(200)).await;
+    setup.report(&downlink, Some(200)).await;
     let done = setup.status(&command.message_id, CommandStatus::Succeeded).await;
     assert_eq!((done.reply_code, done.reply_data), (Some(200), Some(json!({"echo": 200}))));
     assert_eq!(done.reply_message.as_deref(), Some("success"));
@@ -185,13 +185,13 @@ async fn a_reply_overtaking_its_delivered_event_is_not_undone() {
     let command =
         setup.commands.set_properties(&device, items(json!({"Any": 1})), SendOptions::default()).await.unwrap();
     let downlink = setup.downlink().await;
-    setup.report(&downlink, "reply", Some(460)).await;
-    setup.report(&downlink, "delivered", None).await;
+    setup.report(&downlink, Some(460)).await;
+    setup.report(&downlink, None).await;
     // Something after both, to know they were handled.
     let second =
         setup.commands.set_properties(&device, items(json!({"Any": 2})), SendOptions::default()).await.unwrap();
     let second_downlink = setup.downlink().await;
-    setup.report(&second_downlink, "delivered", None).await;
+    setup.report(&second_downlink, None).await;
     setup.status(&second.message_id, CommandStatus::Delivered).await;
     let failed = setup.status(&command.message_id, CommandStatus::Failed).await;
     assert_eq!(failed.reply_code, Some(460));

@@ -11,10 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tether_auth::Auth;
-use tether_bus::downlink::Downlink;
-use tether_bus::events::{self, Origin};
-use tether_bus::subject::{self, UplinkKind};
-use tether_bus::{Bus, BusMessage, InProcessBus, Subscription};
+use tether_bus::downlink::{CallAnswer, Downlink};
+use tether_bus::events::{self, DownlinkReply, Origin};
+use tether_bus::subject;
+use tether_bus::{Bus, InProcessBus, Subscription};
 use tether_command::{CommandConfig, CommandDeps, CommandTasks, Commands};
 use tether_contract::{
     AuthService, CommandService, CommandStatus, NewDevice, NewProduct, SendOptions, ServiceError, now_ms,
@@ -138,26 +138,21 @@ impl Setup {
         }
     }
 
-    /// Reports what became of a followed downlink, as the edge does.
-    pub async fn report(&self, downlink: &Downlink, event: &str, code: Option<i64>) {
-        let correlation = downlink.correlation.as_ref().unwrap();
-        let mut body = json!({
-            "gmtCreate": now_ms(),
-            "iotId": "iot",
-            "productKey": downlink.device.product_key,
-            "deviceName": downlink.device.device_name,
-            "requestId": correlation.message_id,
-            "topic": downlink.topic,
-        });
-        if let Some(code) = code {
-            body["code"] = json!(code);
-            body["message"] = json!(if code == 200 { "success" } else { "failed" });
-            body["data"] = json!({"echo": code});
-        }
-        let message =
-            BusMessage::new(subject::uplink(&self.tenant, &downlink.device, UplinkKind::Downlink), body.to_string())
-                .with_header("event", event)
-                .with_header(events::header::MESSAGE_ID, format!("{:x}", rand::random::<u64>()));
+    /// Reports what became of a followed downlink, as the edge does: `delivered`, or the
+    /// device's reply with `code`.
+    pub async fn report(&self, downlink: &Downlink, code: Option<i64>) {
+        let message_id = &downlink.correlation.as_ref().unwrap().message_id;
+        let origin = Origin { tenant: &self.tenant, device: &downlink.device, iot_id: "iot" };
+        let message = match code {
+            None => events::downlink_delivered(origin, message_id, &downlink.topic, now_ms()),
+            Some(code) => {
+                let data = json!({"echo": code});
+                let message = if code == 200 { "success" } else { "failed" };
+                let reply =
+                    DownlinkReply { request_id: message_id, code, message, topic: &downlink.topic, data: &data };
+                events::downlink_reply(origin, reply, now_ms())
+            }
+        };
         self.bus.publish_durable(message).await.unwrap();
     }
 
@@ -177,11 +172,12 @@ impl Setup {
 /// Hands the device's answer to the call that sent `downlink`, as the edge does.
 pub async fn answer(bus: &InProcessBus, downlink: &Downlink, payload: impl Into<Bytes>) {
     let correlation = downlink.correlation.as_ref().unwrap();
-    let message = BusMessage::new(correlation.reply_to.clone().unwrap(), payload.into())
-        .with_header("messageId", correlation.message_id.clone())
-        .with_header("productKey", downlink.device.product_key.as_str())
-        .with_header("deviceName", downlink.device.device_name.as_str());
-    bus.publish(message).await.unwrap();
+    let answer = CallAnswer {
+        message_id: correlation.message_id.clone(),
+        device: downlink.device.clone(),
+        payload: payload.into(),
+    };
+    bus.publish(answer.to_message(correlation.reply_to.as_deref().unwrap())).await.unwrap();
 }
 
 pub fn items(value: Value) -> Map<String, Value> {
