@@ -1,5 +1,6 @@
 //! Cluster mode in one test process: real `nats-server` and `redis-server` (testkit), and the auth,
-//! thing, gateway and edge roles run through the same `run_role` as `tether <role>`, on free ports.
+//! thing, command, gateway and edge roles run through the same `run_role` as `tether <role>`, on
+//! free ports.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use tether::cluster::{Role, run_role};
 use tether::config::ClusterConfig;
 use tether_bus::{Bus, NatsBus, NatsBusConfig};
+use tether_contract::{CommandGrpcClient, CommandService};
 use tether_testkit::{NatsServer, RedisServer, free_port};
 use tokio::sync::oneshot;
 
@@ -25,6 +27,8 @@ pub struct ClusterPlatform {
     pub mqtt_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub bus: Arc<dyn Bus>,
+    /// A gRPC client of the command role.
+    pub command: Arc<dyn CommandService>,
 }
 
 impl Servers {
@@ -34,7 +38,8 @@ impl Servers {
 }
 
 impl ClusterPlatform {
-    /// Starts auth, thing, gateway and one edge against `servers`, and waits until each is ready.
+    /// Starts auth, thing, command, gateway and one edge against `servers`, and waits until each is
+    /// ready.
     /// A port picked free can be taken by a parallel test before a role binds it: such a start is
     /// stopped and tried again on other ports.
     pub async fn start(servers: &Servers) -> Self {
@@ -51,6 +56,9 @@ impl ClusterPlatform {
     async fn try_start(servers: &Servers) -> Result<Self, Self> {
         let auth_port = free_port();
         let thing_port = free_port();
+        let command_port = free_port();
+        let command_url = format!("http://127.0.0.1:{command_port}");
+        let command: Arc<dyn CommandService> = Arc::new(CommandGrpcClient::new(&command_url).expect("command client"));
         let mqtt_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let http_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let base = |node: &str, health: u16| {
@@ -63,6 +71,8 @@ impl ClusterPlatform {
                 ("TETHER_AUTH_ADMIN_KEY", ADMIN_KEY.to_owned()),
                 ("TETHER_THING_GRPC_ADDR", format!("127.0.0.1:{thing_port}")),
                 ("TETHER_THING_URL", format!("http://127.0.0.1:{thing_port}")),
+                ("TETHER_COMMAND_GRPC_ADDR", format!("127.0.0.1:{command_port}")),
+                ("TETHER_COMMAND_URL", command_url.clone()),
                 ("TETHER_EDGE_MQTT_ADDR", mqtt_addr.to_string()),
                 ("TETHER_EDGE_WORKERS", "1".to_owned()),
                 ("TETHER_EDGE_DRAIN_SECONDS", "0".to_owned()),
@@ -74,9 +84,14 @@ impl ClusterPlatform {
             ClusterConfig::load(None, env).expect("cluster config")
         };
         let mut roles = Vec::new();
-        for (role, node) in
-            [(Role::Auth, "auth-1"), (Role::Thing, "thing-1"), (Role::Gateway, "gateway-1"), (Role::Edge, "edge-1")]
-        {
+        let order = [
+            (Role::Auth, "auth-1"),
+            (Role::Thing, "thing-1"),
+            (Role::Command, "command-1"),
+            (Role::Gateway, "gateway-1"),
+            (Role::Edge, "edge-1"),
+        ];
+        for (role, node) in order {
             let health = free_port();
             let config = base(node, health);
             let (stop, stopped) = oneshot::channel::<()>();
@@ -96,11 +111,11 @@ impl ClusterPlatform {
             roles.push((stop, task));
             if !ready {
                 let bus = NatsBus::connect(NatsBusConfig::new(servers.nats.url())).await.expect("test bus connects");
-                return Err(Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus) });
+                return Err(Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus), command });
             }
         }
         let bus = NatsBus::connect(NatsBusConfig::new(servers.nats.url())).await.expect("test bus connects");
-        Ok(Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus) })
+        Ok(Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus), command })
     }
 
     /// Stops the roles in reverse order (edges drain first); a role that failed was reported when

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tether::{EmbeddedConfig, Platform};
 use tether_bus::Bus;
+use tether_contract::CommandService;
 
 use crate::cluster::{ADMIN_KEY, ClusterPlatform, Servers};
 use crate::device::DeviceCredentials;
@@ -22,7 +23,7 @@ pub struct TestPlatform {
 }
 
 enum Running {
-    Embedded(Platform),
+    Embedded(Box<Platform>),
     Cluster(ClusterPlatform),
 }
 
@@ -58,7 +59,7 @@ impl TestPlatform {
                 let config = EmbeddedConfig::new(data_dir.path(), any_port, any_port);
                 let platform = Platform::start(config).await.expect("platform starts");
                 let api = Api::new(platform.http_addr(), &platform.admin_key);
-                (Running::Embedded(platform), api)
+                (Running::Embedded(Box::new(platform)), api)
             }
         };
         Self { running: Some(running), data_dir, servers, api }
@@ -90,6 +91,14 @@ impl TestPlatform {
         }
     }
 
+    /// The command service: the platform's own, or a gRPC client of the command role.
+    pub fn command(&self) -> std::sync::Arc<dyn CommandService> {
+        match self.running() {
+            Running::Embedded(platform) => platform.command(),
+            Running::Cluster(cluster) => cluster.command.clone(),
+        }
+    }
+
     /// Stops the platform (as Ctrl-C or SIGTERM does) and starts it again on the same data
     /// (directory, or NATS and Redis).
     pub async fn restart(mut self) -> Self {
@@ -103,7 +112,7 @@ impl TestPlatform {
 
     async fn stop_running(&mut self) {
         match self.running.take() {
-            Some(Running::Embedded(platform)) => platform.stop().await,
+            Some(Running::Embedded(platform)) => (*platform).stop().await,
             Some(Running::Cluster(cluster)) => cluster.stop().await,
             None => {}
         }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use tether_contract::{AuthService, ThingService};
+use tether_contract::{AuthService, CommandService, ThingService};
 use tether_store::SessionRoutes;
 use tokio::net::TcpListener;
 
@@ -27,6 +27,8 @@ pub struct GatewayDeps {
     pub auth: Arc<dyn AuthService>,
     pub thing: Arc<dyn ThingService>,
     pub routes: Arc<dyn SessionRoutes>,
+    /// Cloud-to-device calls and their records.
+    pub command: Arc<dyn CommandService>,
 }
 
 #[derive(Debug, thiserror::Error)]

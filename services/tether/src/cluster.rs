@@ -1,5 +1,5 @@
 //! Cluster mode: `tether <role> --config FILE` runs one service per process, over gRPC (auth,
-//! thing), NATS (bus, registry KV) and Redis (session routes). The same service code as
+//! thing, command), NATS (bus, registry KV) and Redis (session routes). The same service code as
 //! `tether run`, with the cluster adapters behind the traits.
 
 use std::future::Future;
@@ -10,8 +10,10 @@ use anyhow::{Context, bail};
 use tether_auth::Auth;
 use tether_bus::events::{self, Origin};
 use tether_bus::{Bus, NatsBus, NatsBusConfig};
+use tether_command::{CommandConfig, CommandDeps, Commands};
 use tether_contract::{
-    AuthGrpcClient, AuthGrpcServer, AuthService, ServiceError, ThingGrpcClient, ThingGrpcServer, ThingService, now_ms,
+    AuthGrpcClient, AuthGrpcServer, AuthService, CommandGrpcClient, CommandGrpcServer, CommandService, ServiceError,
+    ThingGrpcClient, ThingGrpcServer, ThingService, now_ms,
 };
 use tether_edge::{Edge, EdgeConfig, EdgeDeps};
 use tether_gateway::{Gateway, GatewayDeps};
@@ -41,7 +43,8 @@ pub async fn run_role(role: Role, config: ClusterConfig, shutdown: impl Future<O
         Role::Edge => run_edge(config, shutdown).await,
         Role::Gateway => run_gateway(config, shutdown).await,
         Role::Thing => run_thing(config, shutdown).await,
-        Role::Command | Role::Rules | Role::History => {
+        Role::Command => run_command(config, shutdown).await,
+        Role::Rules | Role::History => {
             bail!("the {role:?} role is not part of this release yet: its service has not been built")
         }
     }
@@ -69,6 +72,10 @@ fn auth_client(config: &ClusterConfig) -> anyhow::Result<AuthGrpcClient> {
 
 fn thing_client(config: &ClusterConfig) -> anyhow::Result<ThingGrpcClient> {
     ThingGrpcClient::new(&config.thing.url).with_context(|| format!("invalid thing.url {}", config.thing.url))
+}
+
+fn command_client(config: &ClusterConfig) -> anyhow::Result<CommandGrpcClient> {
+    CommandGrpcClient::new(&config.command.url).with_context(|| format!("invalid command.url {}", config.command.url))
 }
 
 async fn health(config: &ClusterConfig, checks: Vec<Arc<dyn ReadinessCheck>>) -> anyhow::Result<HealthServer> {
@@ -213,10 +220,17 @@ async fn run_gateway(config: ClusterConfig, shutdown: impl Future<Output = ()>) 
     let routes = connect_routes(&config).await?;
     let auth = auth_client(&config)?;
     let thing = thing_client(&config)?;
+    let command = command_client(&config)?;
     let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
-    let deps = GatewayDeps { auth: Arc::new(auth.clone()), thing: Arc::new(thing.clone()), routes: routes_dyn };
+    let deps = GatewayDeps {
+        auth: Arc::new(auth.clone()),
+        thing: Arc::new(thing.clone()),
+        routes: routes_dyn,
+        command: Arc::new(command.clone()),
+    };
     let gateway = Gateway::start(config.gateway.http_addr, deps).await?;
-    let health = health(&config, vec![redis_check(routes), auth_check(auth), thing_check(thing)]).await?;
+    let checks = vec![redis_check(routes), auth_check(auth), thing_check(thing), command_check(command)];
+    let health = health(&config, checks).await?;
     shutdown.await;
     gateway.stop().await;
     health.stop();
@@ -242,6 +256,42 @@ async fn run_thing(config: ClusterConfig, shutdown: impl Future<Output = ()>) ->
         .await
         .context("thing grpc server failed");
     keeper.abort();
+    health.stop();
+    served
+}
+
+/// The command role: serves `tether.v1.Command` over gRPC, follows status, downlink and lifecycle
+/// events (consumer groups `command-status`, `command-downlink`, `command-registry`) and sweeps
+/// expired queued commands. Any number of replicas: each has its own reply subject for its
+/// synchronous calls, and the groups share the events.
+async fn run_command(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let bus = connect_bus(&config).await?;
+    let routes = connect_routes(&config).await?;
+    let store = connect_kv(&config).await?;
+    let auth = auth_client(&config)?;
+    let thing = thing_client(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.command.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (command.grpc_addr)", config.command.grpc_addr))?;
+    let deps = CommandDeps {
+        store: Arc::new(store.clone()),
+        bus: Arc::new(bus.clone()),
+        routes: Arc::new(routes.clone()),
+        thing: Arc::new(thing.clone()),
+        auth: Arc::new(auth.clone()),
+    };
+    let (command, tasks) =
+        Commands::start(deps, CommandConfig::default()).await.context("cannot join the command consumer groups")?;
+    let checks = vec![nats_check(bus), kv_check(store), redis_check(routes), auth_check(auth), thing_check(thing)];
+    let health = health(&config, checks).await?;
+    tracing::info!(addr = %config.command.grpc_addr, "command serving grpc");
+    let command: Arc<dyn CommandService> = command;
+    let served = tonic::transport::Server::builder()
+        .add_service(CommandGrpcServer::new(command).into_service())
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+        .context("command grpc server failed");
+    tasks.stop().await;
     health.stop();
     served
 }
@@ -291,6 +341,20 @@ fn thing_check(thing: ThingGrpcClient) -> Arc<dyn ReadinessCheck> {
             // Any answer from the service proves thing is reachable; `Unavailable` is what a
             // failed connection becomes (and what thing says when its store is down).
             match thing.get_thing_model(&probe).await {
+                Err(error @ ServiceError::Unavailable(_)) => Err(error.to_string()),
+                Ok(_) | Err(_) => Ok(()),
+            }
+        }
+    })
+}
+
+fn command_check(command: CommandGrpcClient) -> Arc<dyn ReadinessCheck> {
+    tether_telemetry::check("command", move || {
+        let command = command.clone();
+        async move {
+            // Any answer from the service proves command is reachable (an unknown id is
+            // `NotFound`); `Unavailable` is what a failed connection becomes.
+            match command.get_command("readiness-probe").await {
                 Err(error @ ServiceError::Unavailable(_)) => Err(error.to_string()),
                 Ok(_) | Err(_) => Ok(()),
             }

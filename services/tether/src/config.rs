@@ -18,6 +18,7 @@ pub struct ClusterConfig {
     pub redis: RedisConfig,
     pub auth: AuthConfig,
     pub thing: ThingConfig,
+    pub command: CommandSection,
     pub edge: EdgeSection,
     pub gateway: GatewaySection,
     pub health: HealthConfig,
@@ -72,6 +73,17 @@ pub struct ThingConfig {
     /// Where the thing role serves gRPC.
     pub grpc_addr: SocketAddr,
     /// Where the other roles reach thing.
+    pub url: String,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CommandSection {
+    /// Where the command role serves gRPC.
+    pub grpc_addr: SocketAddr,
+    /// Where the gateway reaches command.
     pub url: String,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
@@ -148,6 +160,12 @@ impl Default for ThingConfig {
     }
 }
 
+impl Default for CommandSection {
+    fn default() -> Self {
+        Self { grpc_addr: ([0, 0, 0, 0], 50053).into(), url: "http://127.0.0.1:50053".into(), unknown: BTreeMap::new() }
+    }
+}
+
 impl Default for EdgeSection {
     fn default() -> Self {
         Self {
@@ -196,13 +214,14 @@ impl ClusterConfig {
     }
 
     fn warn_unknown(&self) {
-        let sections: [(&str, &BTreeMap<String, toml::Value>); 9] = [
+        let sections: [(&str, &BTreeMap<String, toml::Value>); 10] = [
             ("", &self.unknown),
             ("node.", &self.node.unknown),
             ("nats.", &self.nats.unknown),
             ("redis.", &self.redis.unknown),
             ("auth.", &self.auth.unknown),
             ("thing.", &self.thing.unknown),
+            ("command.", &self.command.unknown),
             ("edge.", &self.edge.unknown),
             ("gateway.", &self.gateway.unknown),
             ("health.", &self.health.unknown),
@@ -235,7 +254,7 @@ impl ClusterConfig {
 /// `TETHER_EDGE_MQTT_ADDR=..` → `[edge] mqtt_addr = ..`; values are read as TOML when they parse
 /// (numbers, booleans), else as strings.
 fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
-    const SECTIONS: [&str; 8] = ["node", "nats", "redis", "auth", "thing", "edge", "gateway", "health"];
+    const SECTIONS: [&str; 9] = ["node", "nats", "redis", "auth", "thing", "command", "edge", "gateway", "health"];
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("TETHER_") else {
             continue;
@@ -319,5 +338,24 @@ mod tests {
         );
         let error = ClusterConfig::load(None, env(&[("TETHER_THING_GRPC_ADDR", "nowhere")])).unwrap_err();
         assert!(format!("{error:#}").contains("thing.grpc_addr"), "{error:#}");
+    }
+
+    #[test]
+    fn command_addresses_from_defaults_file_and_env() {
+        let config = ClusterConfig::load(None, env(&[])).unwrap();
+        assert_eq!(config.command.grpc_addr, "0.0.0.0:50053".parse().unwrap());
+        assert_eq!(config.command.url, "http://127.0.0.1:50053");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.toml");
+        std::fs::write(&path, "[command]\ngrpc_addr = \"127.0.0.1:50063\"\nurl = \"http://command:50063\"\n").unwrap();
+        let config = ClusterConfig::load(Some(&path), env(&[("TETHER_COMMAND_URL", "http://c:7000")])).unwrap();
+        assert_eq!(
+            (config.command.grpc_addr, config.command.url.as_str()),
+            ("127.0.0.1:50063".parse().unwrap(), "http://c:7000")
+        );
+        let error = ClusterConfig::load(None, env(&[("TETHER_COMMAND_GRPC_ADDR", "nowhere")])).unwrap_err();
+        assert!(format!("{error:#}").contains("command.grpc_addr"), "{error:#}");
+        let config = ClusterConfig::load(None, env(&[("TETHER_COMMAND_COLOUR", "blue")])).unwrap();
+        assert!(config.command.unknown.contains_key("colour"));
     }
 }

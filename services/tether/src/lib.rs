@@ -1,8 +1,8 @@
 //! `tether run`: every service in one process, on the in-process bus and the embedded store.
 //!
-//! [`Platform::start`] wires auth, edge and gateway exactly as cluster mode will, only with the
-//! embedded adapters behind the `Bus`, `KvStore` and `SessionRoutes` traits. Tests start it
-//! in-process on free ports.
+//! [`Platform::start`] wires auth, thing, command, edge and gateway exactly as cluster mode does,
+//! only with the embedded adapters behind the `Bus`, `KvStore` and `SessionRoutes` traits. Tests
+//! start it in-process on free ports.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use tether_auth::Auth;
 use tether_bus::{Bus, InProcessBus};
-use tether_contract::{AuthService, ThingService, now_ms};
+use tether_command::{CommandConfig, CommandDeps, CommandTasks, Commands};
+use tether_contract::{AuthService, CommandService, ThingService, now_ms};
 use tether_edge::{Edge, EdgeConfig, EdgeDeps};
 use tether_gateway::{Gateway, GatewayDeps};
 use tether_store::{FjallStore, KvStore, LocalRoutes, SessionRoutes};
@@ -49,6 +50,9 @@ pub struct Platform {
     routes: LocalRoutes,
     /// Keeps the latest properties from the bus.
     property_keeper: tokio::task::JoinHandle<()>,
+    command: Arc<dyn CommandService>,
+    /// The command service's consumers, sweeper and answer routing.
+    command_tasks: CommandTasks,
     store: std::sync::Weak<dyn KvStore>,
 }
 
@@ -91,6 +95,15 @@ impl Platform {
         let thing = Arc::new(Thing::new(store.clone(), bus_dyn.clone(), routes_dyn.clone()));
         let property_keeper = thing.keep_latest_properties().await?;
         let thing: Arc<dyn ThingService> = thing;
+        let command_deps = CommandDeps {
+            store: store.clone(),
+            bus: bus_dyn.clone(),
+            routes: routes_dyn.clone(),
+            thing: thing.clone(),
+            auth: auth.clone(),
+        };
+        let (command, command_tasks) = Commands::start(command_deps, CommandConfig::default()).await?;
+        let command: Arc<dyn CommandService> = command;
 
         let edge_config = EdgeConfig {
             mqtt_addr: config.mqtt_addr,
@@ -101,15 +114,28 @@ impl Platform {
         };
         let edge_deps = EdgeDeps { auth: auth.clone(), thing: thing.clone(), bus: bus_dyn, routes: routes_dyn.clone() };
         let edge = Edge::start(edge_config, edge_deps).await?;
-        let gateway = match Gateway::start(config.http_addr, GatewayDeps { auth, thing, routes: routes_dyn }).await {
+        let gateway_deps = GatewayDeps { auth, thing, routes: routes_dyn, command: command.clone() };
+        let gateway = match Gateway::start(config.http_addr, gateway_deps).await {
             Ok(gateway) => gateway,
             Err(error) => {
                 edge.stop().await;
                 property_keeper.abort();
+                command_tasks.stop().await;
                 return Err(error.into());
             }
         };
-        Ok(Self { admin_key, admin_key_source, bus, edge, gateway, routes, property_keeper, store: store_ref })
+        Ok(Self {
+            admin_key,
+            admin_key_source,
+            bus,
+            edge,
+            gateway,
+            routes,
+            property_keeper,
+            command,
+            command_tasks,
+            store: store_ref,
+        })
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {
@@ -120,14 +146,22 @@ impl Platform {
         self.gateway.local_addr()
     }
 
+    /// The command service, as the gateway calls it. It holds the store: drop it before
+    /// [`Platform::stop`], which waits for the store to be let go.
+    pub fn command(&self) -> Arc<dyn CommandService> {
+        self.command.clone()
+    }
+
     /// Disconnects every device, records it OFFLINE, stops the listeners and closes the bus and the
     /// store.
     pub async fn stop(self) {
-        let Self { edge, gateway, routes, property_keeper, store, bus, .. } = self;
+        let Self { edge, gateway, routes, property_keeper, command, command_tasks, store, bus, .. } = self;
         edge.stop().await;
         gateway.stop().await;
         property_keeper.abort();
         let _ = property_keeper.await;
+        command_tasks.stop().await;
+        drop(command);
         routes.close().await;
         bus.close().await;
         // Every service lets go of the store as it stops: wait for fjall to sync and unlock, so

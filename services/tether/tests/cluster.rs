@@ -1,12 +1,16 @@
 //! Cluster mode end to end: real `nats-server` and `redis-server`, and each role its own
-//! `tether` process (auth, thing, gateway, two edges), driven by real MQTT devices and HTTP.
+//! `tether` process (two auth replicas, thing, two command replicas, gateway, two edges), driven by
+//! real MQTT devices, HTTP and the command service's gRPC.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::json;
 use tether_bus::{Bus, NatsBus, NatsBusConfig};
+use tether_contract::{CommandGrpcClient, CommandService, CommandStatus, RrpcCode, SendOptions};
+use tether_model::{DeviceKey, ProductKey};
 use tether_testkit::{NatsServer, RedisServer, free_port};
 use tether_tests::{Api, Device, DeviceCredentials, DeviceV5, V5Ack, eventually};
 
@@ -24,6 +28,9 @@ struct Cluster {
     _dir: tempfile::TempDir,
     _auth: Vec<RoleProcess>,
     _thing: RoleProcess,
+    _command: Vec<RoleProcess>,
+    /// Where each command replica serves gRPC.
+    command_urls: Vec<String>,
     _gateway: RoleProcess,
     edges: Vec<(RoleProcess, u16)>,
     api: Api,
@@ -94,6 +101,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let auth_port = free_port();
         let thing_port = free_port();
+        let command_port = free_port();
         let http_port = free_port();
         let config = dir.path().join("tether.toml");
         std::fs::write(
@@ -102,6 +110,7 @@ impl Cluster {
                 "[nats]\nurl = \"{}\"\n[redis]\nurl = \"{}\"\n[auth]\ngrpc_addr = \"127.0.0.1:{auth_port}\"\n\
                  url = \"http://127.0.0.1:{auth_port}\"\nadmin_key = \"{ADMIN_KEY}\"\n\
                  [thing]\ngrpc_addr = \"127.0.0.1:{thing_port}\"\nurl = \"http://127.0.0.1:{thing_port}\"\n\
+                 [command]\ngrpc_addr = \"127.0.0.1:{command_port}\"\nurl = \"http://127.0.0.1:{command_port}\"\n\
                  [gateway]\nhttp_addr = \"127.0.0.1:{http_port}\"\n[edge]\nheartbeat_ttl_seconds = 2\ndrain_seconds = 1\n",
                 nats.url(),
                 redis.url()
@@ -118,9 +127,22 @@ impl Cluster {
             &[("TETHER_NODE_ID", "auth-2".into()), ("TETHER_AUTH_GRPC_ADDR", format!("127.0.0.1:{auth_port_2}"))],
         );
         let thing = RoleProcess::spawn("thing", &config, &[("TETHER_NODE_ID", "thing-1".into())]);
+        // Two command replicas: a call's answer must come back to the replica that waits for it.
+        let command = RoleProcess::spawn("command", &config, &[("TETHER_NODE_ID", "command-1".into())]);
+        let command_port_2 = free_port();
+        let command_2 = RoleProcess::spawn(
+            "command",
+            &config,
+            &[
+                ("TETHER_NODE_ID", "command-2".into()),
+                ("TETHER_COMMAND_GRPC_ADDR", format!("127.0.0.1:{command_port_2}")),
+            ],
+        );
         auth.ready().await;
         auth_2.ready().await;
         thing.ready().await;
+        command.ready().await;
+        command_2.ready().await;
         let gateway = RoleProcess::spawn("gateway", &config, &[("TETHER_NODE_ID", "gateway-1".into())]);
         let mut edge_processes = Vec::new();
         for i in 0..edges {
@@ -148,6 +170,11 @@ impl Cluster {
             _dir: dir,
             _auth: vec![auth, auth_2],
             _thing: thing,
+            _command: vec![command, command_2],
+            command_urls: vec![
+                format!("http://127.0.0.1:{command_port}"),
+                format!("http://127.0.0.1:{command_port_2}"),
+            ],
             _gateway: gateway,
             edges: edge_processes,
             api,
@@ -339,4 +366,76 @@ async fn an_edge_drains_on_sigterm_and_its_devices_go_offline_at_once() {
     // The drain records each device OFFLINE itself; the reaper (2 s TTL) is not needed.
     assert_eq!(cluster.status(&creds).await, "OFFLINE");
     assert!(started.elapsed() < Duration::from_secs(2), "drained in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_devices_on_any_edge_through_any_command_replica() {
+    let cluster = Cluster::start(2).await;
+    let replicas: Vec<CommandGrpcClient> =
+        cluster.command_urls.iter().map(|url| CommandGrpcClient::new(url).unwrap()).collect();
+    let a = cluster.device().await;
+    let register = |pk: String| {
+        let api = cluster.api.clone();
+        async move {
+            let (status, device) = api.post(&format!("/products/{pk}/devices"), json!({})).await;
+            assert!(status.is_success(), "{device}");
+            DeviceCredentials {
+                product_key: pk,
+                device_name: device["deviceName"].as_str().unwrap().to_owned(),
+                device_secret: device["deviceSecret"].as_str().unwrap().to_owned(),
+            }
+        }
+    };
+    let b = register(a.product_key.clone()).await;
+    let late = register(a.product_key.clone()).await;
+    let key = |c: &DeviceCredentials| DeviceKey::parse(&c.product_key, &c.device_name).unwrap();
+    let mut on_edge_0 = Device::connect(cluster.edge_addr(0), &a).await;
+    let mut on_edge_1 = Device::connect(cluster.edge_addr(1), &b).await;
+
+    // RRPC from each replica to the device on the other edge: each answer reaches its caller.
+    let call_b = {
+        let (command, device) = (replicas[0].clone(), key(&b));
+        tokio::spawn(async move { command.rrpc(&device, Bytes::from_static(b"to b"), 5000, None).await })
+    };
+    let call_a = {
+        let (command, device) = (replicas[1].clone(), key(&a));
+        tokio::spawn(async move { command.rrpc(&device, Bytes::from_static(b"to a"), 5000, None).await })
+    };
+    for (device, creds, answer) in [(&mut on_edge_0, &a, "from a"), (&mut on_edge_1, &b, "from b")] {
+        let request = device.next_message().await;
+        let id = request.topic.strip_prefix(&creds.topic("rrpc/request/")).expect("an rrpc request").to_owned();
+        device.publish(&creds.topic(&format!("rrpc/response/{id}")), answer.as_bytes().to_vec()).await;
+    }
+    let outcome = call_b.await.unwrap().unwrap();
+    assert_eq!((outcome.rrpc_code, outcome.payload), (RrpcCode::Success, Some(Bytes::from_static(b"from b"))));
+    let outcome = call_a.await.unwrap().unwrap();
+    assert_eq!((outcome.rrpc_code, outcome.payload), (RrpcCode::Success, Some(Bytes::from_static(b"from a"))));
+
+    // A broadcast reaches the product's devices on both edges.
+    let product = ProductKey::new(a.product_key.clone()).unwrap();
+    let id = replicas[1].broadcast(&product, Bytes::from_static(b"all"), None).await.unwrap();
+    for (device, creds) in [(&mut on_edge_0, &a), (&mut on_edge_1, &b)] {
+        let message = device.next_message().await;
+        assert_eq!(
+            (message.topic, message.payload),
+            (creds.topic(&format!("broadcast/request/{id}")), b"all".to_vec())
+        );
+    }
+
+    // A command queued through one replica is sent when the device connects, whichever replica
+    // takes its online event, and its record moves on as the device answers.
+    let options = SendOptions { ttl_ms: Some(60_000) };
+    let items = json!({"A": 1}).as_object().unwrap().clone();
+    let queued = replicas[0].set_properties(&key(&late), items, options).await.unwrap();
+    assert_eq!(queued.status, CommandStatus::Queued);
+    let mut device = Device::connect(cluster.edge_addr(1), &late).await;
+    let message = device.next_message().await;
+    assert_eq!(message.json()["id"].as_str(), Some(queued.message_id.as_str()));
+    let reply = json!({"id": queued.message_id, "code": 200, "data": {}, "message": "success"});
+    device.publish(&late.topic("thing/service/property/set_reply"), reply.to_string()).await;
+    eventually("queued command succeeded", Duration::from_secs(10), || async {
+        let command = replicas[1].get_command(&queued.message_id).await.ok()?;
+        (command.status == CommandStatus::Succeeded).then_some(())
+    })
+    .await;
 }
