@@ -518,7 +518,8 @@ impl Clock {
 
 /// The error for an async command to an offline device without a TTL.
 fn offline(device: &DeviceKey) -> ServiceError {
-    ServiceError::not_found(format!("online session of device {device} (give ttlMs to queue the command)"))
+    // Reads "online session of device pk/dn not found"; docs/commands.md says to retry with a TTL.
+    ServiceError::not_found(format!("online session of device {device}"))
 }
 
 fn not_sent(error: &ServiceError) -> Step {
