@@ -34,8 +34,19 @@ impl ServerHandle {
         self.server.pause().await;
     }
 
+    /// Stops the workers and waits for the server thread.
+    ///
+    /// Not ntex's graceful stop. By this point [`crate::Edge::drain`] has paused accepting and
+    /// kicked every device, and it waits for each session's end itself (the presence task ends
+    /// once every connection has dropped its state). ntex's graceful stop does not wait for
+    /// connections. It only waits for each worker to confirm its stop, and ntex-server 3.11
+    /// (4.1 too) can lose that confirmation: if the worker is ready before the server's manager
+    /// first checks it, the manager registers the same worker twice (`start_worker` sees its
+    /// status, then the same change again as an update). It then sends two stop requests. The
+    /// worker answers the first and exits. The second stays queued and is never answered, so
+    /// `stop(true)` waited out the whole 30 s shutdown timeout, in roughly one start in ten.
     pub async fn stop(self) {
-        self.server.stop(true).await;
+        self.server.stop(false).await;
         let thread = self.thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
