@@ -4,15 +4,23 @@
 //! Alink property posts (QoS 1), waits for every `_reply`, and reports the server process's CPU
 //! time per message from `/proc/<pid>/stat` (user + system, so kernel network work billed to it
 //! is included, as in BENCHMARKS.md).
+//!
+//! `tether-load rrpc`: RRPC round trips (BENCHMARKS.md B5) at a fixed offered rate (open loop):
+//! devices answer every request with its own payload, calls go through the REST API (or, with
+//! `--command-url`, straight to a cluster's command role over gRPC), and the report gives latency
+//! percentiles, failures and mis-correlations (an answer that is not the call's own).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Parser, Subcommand};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
-use tether_model::{SignMethod, SignParams};
+use tether_contract::{CommandGrpcClient, CommandService, RrpcCode};
+use tether_model::{DeviceKey, SignMethod, SignParams};
 
 #[derive(Parser)]
 struct Cli {
@@ -41,6 +49,31 @@ enum Command {
         /// 0 or 1.
         #[arg(long, default_value_t = 1)]
         qos: u8,
+    },
+    /// RRPC round trip, caller → device → caller, at a fixed offered rate (open loop).
+    Rrpc {
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        mqtt: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        #[arg(long, env = "TETHER_ADMIN_KEY")]
+        key: String,
+        /// Call the command role at this gRPC URL instead of the REST API (cluster mode).
+        #[arg(long)]
+        command_url: Option<String>,
+        /// PID of the server process, for its CPU time per call.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long, default_value_t = 50)]
+        devices: usize,
+        /// Offered calls per second, over all devices.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Each call's `timeoutMs`.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u32,
     },
     /// QoS 1 PUBLISH → PUBACK latency at a fixed offered rate (open loop).
     Puback {
@@ -74,6 +107,18 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Puback { mqtt, http, key, devices, rate, seconds } => {
             puback(mqtt, http, &key, devices, rate, seconds).await
+        }
+        Command::Rrpc { mqtt, http, key, command_url, pid, devices, rate, seconds, timeout_ms } => {
+            let caller = match command_url {
+                Some(url) => Caller::Grpc(CommandGrpcClient::new(&url).map_err(|e| anyhow::anyhow!("{e}"))?),
+                None => Caller::Rest {
+                    client: reqwest::Client::new(),
+                    base: format!("http://{http}/api/v1"),
+                    key: key.clone(),
+                },
+            };
+            let run = RrpcRun { devices, rate, seconds, timeout_ms, pid };
+            rrpc(mqtt, http, &key, caller, run).await
         }
     }
 }
@@ -202,6 +247,153 @@ async fn puback(
         all.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
     );
     Ok(())
+}
+
+/// Who makes the RRPC calls.
+#[derive(Clone)]
+enum Caller {
+    /// A tenant through the REST API (`POST .../rrpc`).
+    Rest { client: reqwest::Client, base: String, key: String },
+    /// The command role's gRPC API directly.
+    Grpc(CommandGrpcClient),
+}
+
+/// The shape of an `rrpc` run.
+struct RrpcRun {
+    devices: usize,
+    rate: u64,
+    seconds: u64,
+    timeout_ms: u32,
+    pid: Option<u32>,
+}
+
+/// How one call ended.
+enum CallResult {
+    /// The call's own answer, after this long.
+    Answered(Duration),
+    /// Another call's answer.
+    Miscorrelated,
+    /// TIMEOUT, OFFLINE, UNKNOWN or an error.
+    Failed(String),
+}
+
+/// Devices answer every `rrpc/request/{id}` with the request's payload; calls are started on a
+/// fixed schedule (`rate` per second over all devices, round robin), each with a unique payload,
+/// and never wait for one another.
+async fn rrpc(mqtt: SocketAddr, http: SocketAddr, key: &str, caller: Caller, run: RrpcRun) -> anyhow::Result<()> {
+    let creds = register(http, key, run.devices).await?;
+    let mut echoes: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
+    for c in &creds {
+        let (client, mut eventloop) = connect(mqtt, c).await?;
+        let prefix = format!("/sys/{}/{}/rrpc/request/", c.pk, c.dn);
+        let response = format!("/sys/{}/{}/rrpc/response/", c.pk, c.dn);
+        echoes.push(tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Some(id) = p.topic.strip_prefix(&prefix) {
+                            let topic = format!("{response}{id}");
+                            client.publish(topic, QoS::AtMostOnce, false, p.payload.to_vec()).await?;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => bail!("device connection failed: {e}"),
+                }
+            }
+        }));
+    }
+    let count = (run.rate * run.seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / run.rate as f64);
+    let cpu_before = run.pid.map(process_cpu).transpose()?;
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut calls = Vec::with_capacity(count);
+    for i in 0..count {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let (caller, c) = (caller.clone(), &creds[i % creds.len()]);
+        let (pk, dn, timeout_ms) = (c.pk.clone(), c.dn.clone(), run.timeout_ms);
+        calls.push(tokio::spawn(async move { call_rrpc(&caller, &pk, &dn, format!("call-{i}"), timeout_ms).await }));
+    }
+    let (mut latencies, mut miscorrelated, mut failed) = (Vec::with_capacity(count), 0, Vec::new());
+    for call in calls {
+        match call.await? {
+            CallResult::Answered(latency) => latencies.push(latency),
+            CallResult::Miscorrelated => miscorrelated += 1,
+            CallResult::Failed(why) => failed.push(why),
+        }
+    }
+    let elapsed = start.elapsed();
+    let cpu = match (run.pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(process_cpu(pid)? - before),
+        _ => None,
+    };
+    for echo in echoes {
+        echo.abort();
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)));
+    let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    let via = match caller {
+        Caller::Rest { .. } => "rest",
+        Caller::Grpc(_) => "grpc",
+    };
+    println!(
+        "rrpc: {count} calls at {}/s via {via} to {} devices: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} failed, {miscorrelated} mis-correlated; {:.0} calls/s{}",
+        run.rate,
+        run.devices,
+        ms(pct(0.50)),
+        ms(pct(0.90)),
+        ms(pct(0.99)),
+        ms(latencies.last()),
+        failed.len(),
+        count as f64 / elapsed.as_secs_f64(),
+        cpu.map_or(String::new(), |cpu| format!(", server CPU {:.1} µs/call", cpu.as_secs_f64() * 1e6 / count as f64)),
+    );
+    if let Some(first) = failed.first() {
+        println!("rrpc: first failure: {first}");
+    }
+    if miscorrelated > 0 {
+        bail!("{miscorrelated} calls got another call's answer");
+    }
+    Ok(())
+}
+
+async fn call_rrpc(caller: &Caller, pk: &str, dn: &str, payload: String, timeout_ms: u32) -> CallResult {
+    let sent = tokio::time::Instant::now();
+    let answer = match caller {
+        Caller::Rest { client, base, key } => {
+            let body = json!({"payloadBase64": BASE64.encode(&payload), "timeoutMs": timeout_ms});
+            let response = client.post(format!("{base}/products/{pk}/devices/{dn}/rrpc")).bearer_auth(key).json(&body);
+            match response.send().await {
+                Ok(response) => match response.json::<Value>().await {
+                    Ok(body) if body["rrpcCode"] == "SUCCESS" => {
+                        body["payloadBase64"].as_str().and_then(|p| BASE64.decode(p).ok()).ok_or(format!("{body}"))
+                    }
+                    Ok(body) => Err(body.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Caller::Grpc(client) => {
+            let device = match DeviceKey::parse(pk, dn) {
+                Ok(device) => device,
+                Err(e) => return CallResult::Failed(e.to_string()),
+            };
+            match client.rrpc(&device, payload.clone().into_bytes().into(), timeout_ms, None).await {
+                Ok(outcome) if outcome.rrpc_code == RrpcCode::Success => {
+                    outcome.payload.map(|p| p.to_vec()).ok_or_else(|| "no payload".to_owned())
+                }
+                Ok(outcome) => Err(format!("{:?}", outcome.rrpc_code)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    let latency = sent.elapsed();
+    match answer {
+        Ok(answer) if answer == payload.as_bytes() => CallResult::Answered(latency),
+        Ok(_) => CallResult::Miscorrelated,
+        Err(why) => CallResult::Failed(why),
+    }
 }
 
 async fn register(http: SocketAddr, key: &str, devices: usize) -> anyhow::Result<Vec<Creds>> {
