@@ -4,6 +4,7 @@ export CARGO_TARGET_DIR ?= /var/tmp/tether-target
 # 1883 is often taken by another broker (Mosquitto); pass MQTT_ADDR=0.0.0.0:1883 to use it.
 MQTT_ADDR ?= 0.0.0.0:1884
 HTTP_ADDR ?= 0.0.0.0:8080
+GRPC_ADDR ?= 0.0.0.0:50051
 DATA_DIR ?= tether-data
 
 .PHONY: help deps build run test lint fmt check-logs chart-check
@@ -18,7 +19,7 @@ build: ## build everything
 	cargo build --workspace --all-targets
 
 run: ## run the whole platform in one process (embedded mode)
-	cargo run --release -p tether -- run --data-dir $(DATA_DIR) --mqtt-addr $(MQTT_ADDR) --http-addr $(HTTP_ADDR)
+	cargo run --release -p tether -- run --data-dir $(DATA_DIR) --mqtt-addr $(MQTT_ADDR) --http-addr $(HTTP_ADDR) --grpc-addr $(GRPC_ADDR)
 
 test: deps chart-check ## run every test (installs what they need first); the scenarios run in both modes
 	cargo nextest run --workspace --no-fail-fast

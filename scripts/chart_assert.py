@@ -260,6 +260,7 @@ def check_install(name, docs, known, pending_seen):
             c.that(found[0]["spec"].get("type", "ClusterIP") == "ClusterIP", f"Service {svc_name} is not ClusterIP")
     if "gateway" in enabled:
         service_reaches(f"{prefix}-gateway", "gateway", "http", port_of(config["gateway"]["http_addr"]))
+        service_reaches(f"{prefix}-gateway", "gateway", "grpc", port_of(config["gateway"]["grpc_addr"]))
     if "edge" in enabled:
         found = service_reaches(f"{prefix}-edge", "edge", "mqtt", port_of(config["edge"]["mqtt_addr"]))
         if found:

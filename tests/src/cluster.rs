@@ -26,6 +26,8 @@ pub struct ClusterPlatform {
     roles: Vec<(oneshot::Sender<()>, std::thread::JoinHandle<anyhow::Result<()>>)>,
     pub mqtt_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The gateway's gRPC API.
+    pub grpc_addr: SocketAddr,
     pub bus: Arc<dyn Bus>,
     /// A gRPC client of the command role.
     pub command: Arc<dyn CommandService>,
@@ -61,6 +63,7 @@ impl ClusterPlatform {
         let command: Arc<dyn CommandService> = Arc::new(CommandGrpcClient::new(&command_url).expect("command client"));
         let mqtt_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let http_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let grpc_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let base = |node: &str, health: u16| {
             let settings = [
                 ("TETHER_NODE_ID", node.to_owned()),
@@ -78,6 +81,7 @@ impl ClusterPlatform {
                 ("TETHER_EDGE_DRAIN_SECONDS", "0".to_owned()),
                 ("TETHER_EDGE_HEARTBEAT_TTL_SECONDS", "2".to_owned()),
                 ("TETHER_GATEWAY_HTTP_ADDR", http_addr.to_string()),
+                ("TETHER_GATEWAY_GRPC_ADDR", grpc_addr.to_string()),
                 ("TETHER_HEALTH_ADDR", format!("127.0.0.1:{health}")),
             ];
             let env = settings.into_iter().map(|(k, v)| (k.to_owned(), v));
@@ -111,11 +115,11 @@ impl ClusterPlatform {
             roles.push((stop, task));
             if !ready {
                 let bus = NatsBus::connect(NatsBusConfig::new(servers.nats.url())).await.expect("test bus connects");
-                return Err(Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus), command });
+                return Err(Self { roles, mqtt_addr, http_addr, grpc_addr, bus: Arc::new(bus), command });
             }
         }
         let bus = NatsBus::connect(NatsBusConfig::new(servers.nats.url())).await.expect("test bus connects");
-        Ok(Self { roles, mqtt_addr, http_addr, bus: Arc::new(bus), command })
+        Ok(Self { roles, mqtt_addr, http_addr, grpc_addr, bus: Arc::new(bus), command })
     }
 
     /// Stops the roles in reverse order (edges drain first); a role that failed was reported when

@@ -83,6 +83,14 @@ impl TestPlatform {
         }
     }
 
+    /// Where the tenant API serves gRPC (`tether.v1.Gateway`).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        match self.running() {
+            Running::Embedded(platform) => platform.grpc_addr(),
+            Running::Cluster(cluster) => cluster.grpc_addr,
+        }
+    }
+
     /// The platform's bus (the in-process one, or a NATS client of the cluster's).
     pub fn bus(&self) -> std::sync::Arc<dyn Bus> {
         match self.running() {
@@ -154,6 +162,11 @@ impl TestPlatform {
 impl Api {
     pub fn new(addr: SocketAddr, key: &str) -> Self {
         Self { base: format!("http://{addr}/api/v1"), key: key.to_owned(), client: reqwest::Client::new() }
+    }
+
+    /// The bearer key (also the gRPC API's `authorization`).
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// The same API with another bearer key.

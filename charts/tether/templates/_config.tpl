@@ -47,6 +47,7 @@ server_reference = {{ . | toJson }}
 
 [gateway]
 http_addr = {{ include "tether.listen" (dict "root" . "port" .Values.gateway.httpPort) | toJson }}
+grpc_addr = {{ include "tether.listen" (dict "root" . "port" .Values.gateway.grpcPort) | toJson }}
 
 [health]
 addr = {{ include "tether.listen" (dict "root" . "port" .Values.health.port) | toJson }}

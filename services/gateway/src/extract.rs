@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tether_contract::{Caller, ServiceError};
 use tether_model::{DeviceKey, ProductKey};
@@ -32,11 +33,15 @@ impl FromRequestParts<Arc<GatewayDeps>> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, deps: &Arc<GatewayDeps>) -> Result<Self, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let key = header.strip_prefix("Bearer ").map(str::trim).filter(|k| !k.is_empty());
-        let key = key.ok_or(ServiceError::Unauthenticated)?;
-        Ok(Self(deps.auth.authenticate_api_key(key).await?))
+        let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        Ok(Self(authenticate(deps, header).await?))
     }
+}
+
+/// The caller an `Authorization: Bearer <api-key>` value names (REST header or gRPC metadata).
+pub(crate) async fn authenticate(deps: &GatewayDeps, authorization: Option<&str>) -> Result<Caller, ServiceError> {
+    let key = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).filter(|k| !k.is_empty());
+    deps.auth.authenticate_api_key(key.ok_or(ServiceError::Unauthenticated)?).await
 }
 
 impl FromRequestParts<Arc<GatewayDeps>> for OwnedProduct {
@@ -44,10 +49,20 @@ impl FromRequestParts<Arc<GatewayDeps>> for OwnedProduct {
 
     async fn from_request_parts(parts: &mut Parts, deps: &Arc<GatewayDeps>) -> Result<Self, ApiError> {
         let Auth(caller) = Auth::from_request_parts(parts, deps).await?;
-        let Path(pk) = Path::<String>::from_request_parts(parts, deps).await.map_err(path_error)?;
-        let pk = product_key(&pk)?;
-        deps.auth.get_product(&caller.tenant, &pk).await?;
-        Ok(Self(pk))
+        let Path(path) = Path::<ResourcePath>::from_request_parts(parts, deps).await.map_err(path_error)?;
+        Ok(Self::check(deps, &caller, product_key(&path.product_key)?).await?)
+    }
+}
+
+impl OwnedProduct {
+    /// `product_key`, once the auth service confirms it is the caller's.
+    pub(crate) async fn check(
+        deps: &GatewayDeps,
+        caller: &Caller,
+        product_key: ProductKey,
+    ) -> Result<Self, ServiceError> {
+        deps.auth.get_product(&caller.tenant, &product_key).await?;
+        Ok(Self(product_key))
     }
 }
 
@@ -56,11 +71,26 @@ impl FromRequestParts<Arc<GatewayDeps>> for OwnedDevice {
 
     async fn from_request_parts(parts: &mut Parts, deps: &Arc<GatewayDeps>) -> Result<Self, ApiError> {
         let Auth(caller) = Auth::from_request_parts(parts, deps).await?;
-        let Path((pk, dn)) = Path::<(String, String)>::from_request_parts(parts, deps).await.map_err(path_error)?;
-        let device = device_key(&pk, &dn)?;
+        let Path(path) = Path::<ResourcePath>::from_request_parts(parts, deps).await.map_err(path_error)?;
+        let device_name = path.device_name.ok_or_else(|| ServiceError::invalid("path", "no device name"))?;
+        Ok(Self::check(deps, &caller, device_key(&path.product_key, &device_name)?).await?)
+    }
+}
+
+impl OwnedDevice {
+    /// `device`, once the auth service confirms it is the caller's.
+    pub(crate) async fn check(deps: &GatewayDeps, caller: &Caller, device: DeviceKey) -> Result<Self, ServiceError> {
         deps.auth.get_device(&caller.tenant, &device).await?;
         Ok(Self(device))
     }
+}
+
+/// The product and device a path names, by the parameter names every route uses; other
+/// parameters (a service identifier, ...) are the handler's.
+#[derive(Deserialize)]
+struct ResourcePath {
+    product_key: String,
+    device_name: Option<String>,
 }
 
 fn path_error(rejection: axum::extract::rejection::PathRejection) -> ApiError {

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{routes, things, topology};
+use crate::{commands, routes, things, topology};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,9 @@ use crate::{routes, things, topology};
         things::put_thing_model, things::get_thing_model, things::latest_properties, things::device_tags,
         things::desired_properties, things::set_desired_properties, things::get_shadow, things::update_shadow,
         topology::sub_devices,
+        commands::set_properties, commands::invoke_service, commands::rrpc, commands::publish, commands::broadcast,
+        commands::set_devices_properties, commands::invoke_things_service, commands::get_command,
+        commands::list_commands,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -21,7 +21,7 @@ use crate::things::TagView;
 type Deps = State<Arc<GatewayDeps>>;
 type ApiResult<T> = Result<T, ApiError>;
 
-pub fn router(deps: GatewayDeps) -> Router {
+pub fn router(deps: Arc<GatewayDeps>) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(crate::openapi::document))
         .route("/tenants", post(create_tenant).get(list_tenants))
@@ -37,8 +37,9 @@ pub fn router(deps: GatewayDeps) -> Router {
         )
         .route("/products/{product_key}/devices/{device_name}/status", get(device_status))
         .merge(crate::things::router())
-        .merge(crate::topology::router());
-    Router::new().nest("/api/v1", api).with_state(Arc::new(deps))
+        .merge(crate::topology::router())
+        .merge(crate::commands::router());
+    Router::new().nest("/api/v1", api).with_state(deps)
 }
 
 // === DTOs ===

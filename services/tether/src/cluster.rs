@@ -16,7 +16,7 @@ use tether_contract::{
     ThingGrpcClient, ThingGrpcServer, ThingService, now_ms,
 };
 use tether_edge::{Edge, EdgeConfig, EdgeDeps};
-use tether_gateway::{Gateway, GatewayDeps};
+use tether_gateway::{Gateway, GatewayAddrs, GatewayDeps};
 use tether_model::ProductKey;
 use tether_store::{KvStore, NatsKvStore, RedisRoutes, RedisRoutesConfig, SessionRoutes};
 use tether_telemetry::{HealthServer, ReadinessCheck};
@@ -228,7 +228,8 @@ async fn run_gateway(config: ClusterConfig, shutdown: impl Future<Output = ()>) 
         routes: routes_dyn,
         command: Arc::new(command.clone()),
     };
-    let gateway = Gateway::start(config.gateway.http_addr, deps).await?;
+    let addrs = GatewayAddrs { http: config.gateway.http_addr, grpc: config.gateway.grpc_addr };
+    let gateway = Gateway::start(addrs, deps).await?;
     let checks = vec![redis_check(routes), auth_check(auth), thing_check(thing), command_check(command)];
     let health = health(&config, checks).await?;
     shutdown.await;

@@ -109,6 +109,8 @@ pub struct EdgeSection {
 #[serde(default)]
 pub struct GatewaySection {
     pub http_addr: SocketAddr,
+    /// The tenant API over gRPC (`tether.v1.Gateway`).
+    pub grpc_addr: SocketAddr,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -182,7 +184,11 @@ impl Default for EdgeSection {
 
 impl Default for GatewaySection {
     fn default() -> Self {
-        Self { http_addr: ([0, 0, 0, 0], 8080).into(), unknown: BTreeMap::new() }
+        Self {
+            http_addr: ([0, 0, 0, 0], 8080).into(),
+            grpc_addr: ([0, 0, 0, 0], 50054).into(),
+            unknown: BTreeMap::new(),
+        }
     }
 }
 
@@ -357,5 +363,20 @@ mod tests {
         assert!(format!("{error:#}").contains("command.grpc_addr"), "{error:#}");
         let config = ClusterConfig::load(None, env(&[("TETHER_COMMAND_COLOUR", "blue")])).unwrap();
         assert!(config.command.unknown.contains_key("colour"));
+    }
+
+    #[test]
+    fn the_gateway_grpc_address_from_defaults_file_and_env() {
+        let config = ClusterConfig::load(None, env(&[])).unwrap();
+        assert_eq!(config.gateway.grpc_addr, "0.0.0.0:50054".parse().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.toml");
+        std::fs::write(&path, "[gateway]\ngrpc_addr = \"127.0.0.1:50064\"\n").unwrap();
+        let config = ClusterConfig::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.gateway.grpc_addr, "127.0.0.1:50064".parse().unwrap());
+        let config = ClusterConfig::load(Some(&path), env(&[("TETHER_GATEWAY_GRPC_ADDR", "127.0.0.1:7001")])).unwrap();
+        assert_eq!(config.gateway.grpc_addr, "127.0.0.1:7001".parse().unwrap());
+        let error = ClusterConfig::load(None, env(&[("TETHER_GATEWAY_GRPC_ADDR", "nowhere")])).unwrap_err();
+        assert!(format!("{error:#}").contains("gateway.grpc_addr"), "{error:#}");
     }
 }

@@ -14,7 +14,7 @@ use tether_bus::{Bus, InProcessBus};
 use tether_command::{CommandConfig, CommandDeps, CommandTasks, Commands};
 use tether_contract::{AuthService, CommandService, ThingService, now_ms};
 use tether_edge::{Edge, EdgeConfig, EdgeDeps};
-use tether_gateway::{Gateway, GatewayDeps};
+use tether_gateway::{Gateway, GatewayAddrs, GatewayDeps};
 use tether_store::{FjallStore, KvStore, LocalRoutes, SessionRoutes};
 use tether_thing::Thing;
 
@@ -27,6 +27,8 @@ pub struct EmbeddedConfig {
     pub data_dir: PathBuf,
     pub mqtt_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The tenant API over gRPC (`tether.v1.Gateway`).
+    pub grpc_addr: SocketAddr,
     /// The operator's key; generated once and kept in the data directory when `None`.
     pub admin_key: Option<String>,
     pub max_payload_bytes: usize,
@@ -59,12 +61,14 @@ pub struct Platform {
 // === impl EmbeddedConfig ===
 
 impl EmbeddedConfig {
-    /// Defaults for `data_dir`, listening on the given addresses.
+    /// Defaults for `data_dir`, listening on the given addresses; gRPC on a free loopback port
+    /// (set `grpc_addr` for another).
     pub fn new(data_dir: impl Into<PathBuf>, mqtt_addr: SocketAddr, http_addr: SocketAddr) -> Self {
         Self {
             data_dir: data_dir.into(),
             mqtt_addr,
             http_addr,
+            grpc_addr: ([127, 0, 0, 1], 0).into(),
             admin_key: None,
             max_payload_bytes: tether_edge::DEFAULT_MAX_PAYLOAD_BYTES,
             mqtt_workers: 1,
@@ -115,7 +119,8 @@ impl Platform {
         let edge_deps = EdgeDeps { auth: auth.clone(), thing: thing.clone(), bus: bus_dyn, routes: routes_dyn.clone() };
         let edge = Edge::start(edge_config, edge_deps).await?;
         let gateway_deps = GatewayDeps { auth, thing, routes: routes_dyn, command: command.clone() };
-        let gateway = match Gateway::start(config.http_addr, gateway_deps).await {
+        let gateway_addrs = GatewayAddrs { http: config.http_addr, grpc: config.grpc_addr };
+        let gateway = match Gateway::start(gateway_addrs, gateway_deps).await {
             Ok(gateway) => gateway,
             Err(error) => {
                 edge.stop().await;
@@ -144,6 +149,11 @@ impl Platform {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.gateway.local_addr()
+    }
+
+    /// Where the tenant API serves gRPC.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.gateway.grpc_addr()
     }
 
     /// The command service, as the gateway calls it. It holds the store: drop it before

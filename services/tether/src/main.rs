@@ -29,6 +29,9 @@ enum Subcmd {
         /// HTTP listener for the tenant API.
         #[arg(long, default_value = "0.0.0.0:8080", env = "TETHER_HTTP_ADDR")]
         http_addr: SocketAddr,
+        /// gRPC listener for the tenant API (tether.v1.Gateway).
+        #[arg(long, default_value = "0.0.0.0:50051", env = "TETHER_GRPC_ADDR")]
+        grpc_addr: SocketAddr,
         /// Largest accepted MQTT payload, in bytes (Aliyun: 256 KB).
         #[arg(long, default_value_t = tether_edge::DEFAULT_MAX_PAYLOAD_BYTES, env = "TETHER_MAX_PAYLOAD_BYTES")]
         max_payload_bytes: usize,
@@ -66,8 +69,9 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let Cli { command } = Cli::parse();
     let result = match command {
-        Subcmd::Run { data_dir, mqtt_addr, http_addr, max_payload_bytes, mqtt_workers } => {
+        Subcmd::Run { data_dir, mqtt_addr, http_addr, grpc_addr, max_payload_bytes, mqtt_workers } => {
             let config = EmbeddedConfig {
+                grpc_addr,
                 admin_key: std::env::var("TETHER_ADMIN_KEY").ok().filter(|k| !k.is_empty()),
                 max_payload_bytes,
                 mqtt_workers,
@@ -98,6 +102,7 @@ async fn run(config: EmbeddedConfig) -> anyhow::Result<()> {
     println!("tether is running (embedded)");
     println!("  MQTT devices:   {}", platform.mqtt_addr());
     println!("  HTTP API:       http://{}/api/v1 (OpenAPI: /api/v1/openapi.json)", platform.http_addr());
+    println!("  gRPC API:       {} (tether.v1.Gateway)", platform.grpc_addr());
     println!("  data directory: {}", data_dir.display());
     match &platform.admin_key_source {
         AdminKeySource::Environment => println!("  admin key:      from TETHER_ADMIN_KEY"),

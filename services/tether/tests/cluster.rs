@@ -103,6 +103,7 @@ impl Cluster {
         let thing_port = free_port();
         let command_port = free_port();
         let http_port = free_port();
+        let gateway_grpc_port = free_port();
         let config = dir.path().join("tether.toml");
         std::fs::write(
             &config,
@@ -111,7 +112,7 @@ impl Cluster {
                  url = \"http://127.0.0.1:{auth_port}\"\nadmin_key = \"{ADMIN_KEY}\"\n\
                  [thing]\ngrpc_addr = \"127.0.0.1:{thing_port}\"\nurl = \"http://127.0.0.1:{thing_port}\"\n\
                  [command]\ngrpc_addr = \"127.0.0.1:{command_port}\"\nurl = \"http://127.0.0.1:{command_port}\"\n\
-                 [gateway]\nhttp_addr = \"127.0.0.1:{http_port}\"\n[edge]\nheartbeat_ttl_seconds = 2\ndrain_seconds = 1\n",
+                 [gateway]\nhttp_addr = \"127.0.0.1:{http_port}\"\ngrpc_addr = \"127.0.0.1:{gateway_grpc_port}\"\n[edge]\nheartbeat_ttl_seconds = 2\ndrain_seconds = 1\n",
                 nats.url(),
                 redis.url()
             ),
