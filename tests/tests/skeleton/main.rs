@@ -3,6 +3,7 @@
 //! `make test` also runs them), against the cluster roles over real NATS and Redis.
 
 mod api;
+mod commands;
 mod connect;
 mod downlink;
 mod gateway;
