@@ -15,7 +15,7 @@
 //!   at most [`MAX_QUEUED_PER_DEVICE`]); when the device's `online` status event arrives
 //!   (consumer group [`STATUS_GROUP`]) its queue is sent in order, and the sweeper marks what
 //!   outlived its TTL EXPIRED. Without `ttl_ms` an offline device is
-//!   [`ServiceError::NotFound`] ("online session of device …"), so the caller learns the command
+//!   [`ServiceError::DeviceOffline`] (HTTP 409 `DeviceOffline`), so the caller learns the command
 //!   was not taken and can retry with a TTL.
 //! - **Pub** checks the topic against the product's topic classes (SUB or ALL), read from the auth
 //!   service; it is best effort: an offline device still gets a message id, as Aliyun's QoS 0 Pub.
@@ -518,8 +518,7 @@ impl Clock {
 
 /// The error for an async command to an offline device without a TTL.
 fn offline(device: &DeviceKey) -> ServiceError {
-    // Reads "online session of device pk/dn not found"; docs/commands.md says to retry with a TTL.
-    ServiceError::not_found(format!("online session of device {device}"))
+    ServiceError::DeviceOffline { device: device.to_string() }
 }
 
 fn not_sent(error: &ServiceError) -> Step {

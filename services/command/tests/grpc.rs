@@ -121,7 +121,7 @@ async fn errors_keep_their_kind_and_field() {
     let error = client.publish(&product, "/nope", Bytes::new(), 0).await.unwrap_err();
     assert_eq!(invalid_field(error), "topicFullName");
     let error = client.set_properties(&device, items(json!({"Mode": 0})), SendOptions::default()).await.unwrap_err();
-    assert!(matches!(&error, ServiceError::NotFound { what } if what.contains("online session")), "{error:?}");
+    assert!(matches!(&error, ServiceError::DeviceOffline { device: d } if *d == device.to_string()), "{error:?}");
     for _ in 0..tether_command::MAX_QUEUED_PER_DEVICE {
         client.set_properties(&device, items(json!({"Mode": 0})), ttl(60_000)).await.unwrap();
     }

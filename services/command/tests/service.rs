@@ -257,7 +257,7 @@ async fn an_offline_device_needs_a_ttl_and_gets_its_queue_in_order_when_it_conne
     let mut setup = Setup::start().await;
     let device = setup.device(&setup.product(&[]).await).await;
     let error = setup.commands.set_properties(&device, items(json!({"A": 0})), SendOptions::default()).await;
-    assert!(matches!(error, Err(ServiceError::NotFound { .. })), "{error:?}");
+    assert!(matches!(error, Err(ServiceError::DeviceOffline { .. })), "{error:?}");
 
     let mut queued = Vec::new();
     for i in 0..5 {

@@ -30,7 +30,9 @@ impl From<ServiceError> for ApiError {
 pub fn status_of(err: &ServiceError) -> StatusCode {
     match err {
         ServiceError::NotFound { .. } => StatusCode::NOT_FOUND,
-        ServiceError::AlreadyExists { .. } | ServiceError::Conflict { .. } => StatusCode::CONFLICT,
+        ServiceError::AlreadyExists { .. } | ServiceError::Conflict { .. } | ServiceError::DeviceOffline { .. } => {
+            StatusCode::CONFLICT
+        }
         ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
         ServiceError::Unauthenticated => StatusCode::UNAUTHORIZED,
         ServiceError::PermissionDenied(_) => StatusCode::FORBIDDEN,

@@ -284,8 +284,8 @@ async fn an_offline_device_answers_offline_at_once() {
 
     // An async command without a TTL is refused, saying how to queue it.
     let response = api.post(&device_path(&creds, "/properties:set"), json!({"items": {"Switch": 1}})).await;
-    assert_refused(&response, StatusCode::NOT_FOUND, "online session");
-    assert_eq!(response.1["code"], "NotFound");
+    assert_refused(&response, StatusCode::CONFLICT, "ttlMs");
+    assert_eq!(response.1["code"], "DeviceOffline");
     platform.stop().await;
 }
 

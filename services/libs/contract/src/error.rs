@@ -21,6 +21,9 @@ pub enum ServiceError {
     Conflict { what: String },
     #[error("{0}")]
     TooManyRequests(String),
+    /// The command needs the device online (send it with `ttlMs` to have it queued).
+    #[error("device {device} is offline; send with ttlMs to queue the command")]
+    DeviceOffline { device: String },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -40,6 +43,7 @@ impl ServiceError {
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Conflict { .. } => Code::Aborted,
             Self::TooManyRequests(_) => Code::ResourceExhausted,
+            Self::DeviceOffline { .. } => Code::FailedPrecondition,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         };
@@ -81,6 +85,7 @@ impl ServiceError {
             Self::PermissionDenied(_) => "PermissionDenied",
             Self::Conflict { .. } => "Conflict",
             Self::TooManyRequests(_) => "TooManyRequests",
+            Self::DeviceOffline { .. } => "DeviceOffline",
             Self::Unavailable(_) => "Unavailable",
             Self::Internal(_) => "Internal",
         }
@@ -101,6 +106,7 @@ mod tests {
             ServiceError::PermissionDenied("not yours".into()),
             ServiceError::Conflict { what: "shadow".into() },
             ServiceError::TooManyRequests("slow down".into()),
+            ServiceError::DeviceOffline { device: "pk/dn".into() },
             ServiceError::Unavailable("store down".into()),
             ServiceError::Internal("bug".into()),
         ];
