@@ -248,7 +248,7 @@ async fn a_queued_command_past_its_ttl_expires_and_is_never_sent() {
     let set = command.set_properties(&key(&creds), items(json!({"A": 1})), ttl(500)).await.unwrap();
     assert!(matches!(
         command.set_properties(&key(&creds), items(json!({"A": 2})), SendOptions::default()).await,
-        Err(tether_contract::ServiceError::NotFound { .. })
+        Err(tether_contract::ServiceError::DeviceOffline { .. })
     ));
     command_status(&command, &set.message_id, CommandStatus::Expired).await;
     let mut device = Device::connect(platform.mqtt_addr(), &creds).await;
