@@ -11,6 +11,7 @@ url = {{ .Values.nats.url | toJson }}
 {{- end }}
 replicas = {{ int .Values.nats.replicas }}
 kv_bucket = {{ .Values.nats.kvBucket | toJson }}
+ack_wait_seconds = {{ int .Values.nats.ackWaitSeconds }}
 
 [redis]
 {{- if not .Values.redis.urlFromSecret.name }}

@@ -53,6 +53,7 @@ pub async fn run_role(role: Role, config: ClusterConfig, shutdown: impl Future<O
 async fn connect_bus(config: &ClusterConfig) -> anyhow::Result<NatsBus> {
     let mut bus_config = NatsBusConfig::new(&config.nats.url);
     bus_config.replicas = config.nats.replicas;
+    bus_config.ack_wait = Duration::from_secs(config.nats.ack_wait_seconds);
     NatsBus::connect(bus_config).await.with_context(|| format!("cannot use NATS at {} (nats.url)", config.nats.url))
 }
 
@@ -150,10 +151,13 @@ async fn run_edge(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> 
         server_reference: config.edge.server_reference.clone(),
     };
     let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
-    let thing_dyn: Arc<dyn ThingService> = Arc::new(thing.clone());
+    let thing_dyn: Arc<dyn ThingService> = Arc::new(thing);
     let deps = EdgeDeps { auth: auth_dyn.clone(), thing: thing_dyn, bus: bus_dyn.clone(), routes: routes_dyn };
     let edge = Edge::start(edge_config, deps).await?;
-    let health = health(&config, vec![nats_check(bus), redis_check(routes.clone()), thing_check(thing)]).await?;
+    // Not thing: without it an edge still admits devices (auth) and answers from the thing models
+    // it holds, so a thing outage must not take every edge out of the load balancer at once.
+    let checks = vec![nats_check(bus), redis_check(routes.clone()), auth_check(auth)];
+    let health = health(&config, checks).await?;
 
     let keeper = tokio::spawn(keep_routes(routes, node, ttl, edge.sessions(), auth_dyn, bus_dyn));
     shutdown.await;

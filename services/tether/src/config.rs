@@ -42,6 +42,9 @@ pub struct NatsConfig {
     /// JetStream stream and KV replicas (3 in production, see docs/cluster.md).
     pub replicas: usize,
     pub kv_bucket: String,
+    /// Seconds a consumer group's delivery may stay unacked (e.g. held by a replica that died)
+    /// before JetStream hands it to another member.
+    pub ack_wait_seconds: u64,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -135,7 +138,13 @@ impl Default for NodeConfig {
 
 impl Default for NatsConfig {
     fn default() -> Self {
-        Self { url: "nats://127.0.0.1:4222".into(), replicas: 1, kv_bucket: "tether".into(), unknown: BTreeMap::new() }
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            replicas: 1,
+            kv_bucket: "tether".into(),
+            ack_wait_seconds: 30,
+            unknown: BTreeMap::new(),
+        }
     }
 }
 
@@ -247,6 +256,9 @@ impl ClusterConfig {
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             bail!("invalid nats.replicas {}: must be 1 to 5", self.nats.replicas);
         }
+        if self.nats.ack_wait_seconds == 0 {
+            bail!("invalid nats.ack_wait_seconds: must be positive");
+        }
         if self.edge.max_payload_bytes == 0 {
             bail!("invalid edge.max_payload_bytes: must be positive");
         }
@@ -326,6 +338,21 @@ mod tests {
         assert!(config.edge.unknown.contains_key("colour"));
         let config = ClusterConfig::load(None, env(&[("TETHER_THING_COLOUR", "blue")])).unwrap();
         assert!(config.thing.unknown.contains_key("colour"));
+    }
+
+    #[test]
+    fn ack_wait_from_defaults_file_and_env() {
+        let config = ClusterConfig::load(None, env(&[])).unwrap();
+        assert_eq!(config.nats.ack_wait_seconds, 30);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.toml");
+        std::fs::write(&path, "[nats]\nack_wait_seconds = 5\n").unwrap();
+        let config = ClusterConfig::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.nats.ack_wait_seconds, 5);
+        let config = ClusterConfig::load(Some(&path), env(&[("TETHER_NATS_ACK_WAIT_SECONDS", "2")])).unwrap();
+        assert_eq!(config.nats.ack_wait_seconds, 2);
+        let error = ClusterConfig::load(None, env(&[("TETHER_NATS_ACK_WAIT_SECONDS", "0")])).unwrap_err();
+        assert!(format!("{error:#}").contains("nats.ack_wait_seconds"), "{error:#}");
     }
 
     #[test]
