@@ -16,17 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tether_contract::{Command, ServiceError};
 use tether_model::DeviceKey;
-use tether_store::{Expect, KvStore, StoreError};
+use tether_store::records::Change;
+use tether_store::{Expect, KvStore};
 
 use crate::queue::{Queue, QueueFull, QueuedEntry};
 use crate::status::{self, Step};
-
-/// How often a compare-and-set is retried after losing a race before giving up.
-const MAX_ATTEMPTS: usize = 32;
 
 const RECORD_PREFIX: &str = "command/";
 const HISTORY_PREFIX: &str = "command-device/";
@@ -53,41 +50,30 @@ pub(crate) struct HistoryEntry {
 
 #[derive(Clone)]
 pub(crate) struct Records {
-    store: Arc<dyn KvStore>,
-}
-
-/// What a compare-and-set step decided.
-enum Change<T> {
-    Put(T),
-    Keep,
+    records: tether_store::Records,
 }
 
 // === impl Records ===
 
 impl Records {
     pub fn new(store: Arc<dyn KvStore>) -> Self {
-        Self { store }
+        Self { records: tether_store::Records::new(store) }
     }
 
     /// Stores a new command and puts it in its device's history.
     pub async fn create(&self, stored: &StoredCommand) -> Result<(), ServiceError> {
-        let key = record_key(&stored.command.message_id);
-        self.store.put(&key, encode(stored)?, Expect::Absent).await.map_err(store_error)?;
+        self.records.put(&record_key(&stored.command.message_id), stored, Expect::Absent).await?;
         let entry = HistoryEntry {
             device: device_of(&stored.command),
             seq: stored.seq,
             message_id: stored.command.message_id.clone(),
         };
-        self.store.put(&entry.key(), Bytes::new(), Expect::Any).await.map_err(store_error)?;
+        self.records.store().put(&entry.key(), Bytes::new(), Expect::Any).await?;
         Ok(())
     }
 
     pub async fn get(&self, message_id: &str) -> Result<Option<StoredCommand>, ServiceError> {
-        let key = record_key(message_id);
-        match self.store.get(&key).await.map_err(store_error)? {
-            Some(entry) => decode(&key, &entry.value).map(Some),
-            None => Ok(None),
-        }
+        self.records.get(&record_key(message_id)).await
     }
 
     /// Applies `step` to `device`'s command `message_id`; returns the command as it now is when
@@ -99,54 +85,52 @@ impl Records {
         step: &Step,
         now: i64,
     ) -> Result<Option<StoredCommand>, ServiceError> {
-        self.update(&record_key(message_id), |stored: Option<StoredCommand>| {
-            let Some(mut stored) = stored.filter(|s| &device_of(&s.command) == device) else {
-                return Ok((Change::Keep, None));
-            };
-            if status::apply(&mut stored.command, step, now) {
-                Ok((Change::Put(stored.clone()), Some(stored)))
-            } else {
-                Ok((Change::Keep, None))
-            }
-        })
-        .await
+        self.records
+            .update(&record_key(message_id), |stored: Option<StoredCommand>| {
+                let Some(mut stored) = stored.filter(|s| &device_of(&s.command) == device) else {
+                    return Ok((Change::Keep, None));
+                };
+                if status::apply(&mut stored.command, step, now) {
+                    Ok((Change::Put(stored.clone()), Some(stored)))
+                } else {
+                    Ok((Change::Keep, None))
+                }
+            })
+            .await
     }
 
     /// The device's history, oldest first.
     pub async fn history(&self, device: &DeviceKey) -> Result<Vec<HistoryEntry>, ServiceError> {
         let prefix = format!("{HISTORY_PREFIX}{}/{}/", device.product_key, device.device_name);
-        let entries = self.store.list(&prefix).await.map_err(store_error)?;
+        let entries = self.records.store().list(&prefix).await?;
         Ok(entries.iter().filter_map(|e| HistoryEntry::from_key(&e.key)).collect())
     }
 
     /// Every device's history, by device then oldest first.
     pub async fn all_history(&self) -> Result<Vec<HistoryEntry>, ServiceError> {
-        let entries = self.store.list(HISTORY_PREFIX).await.map_err(store_error)?;
+        let entries = self.records.store().list(HISTORY_PREFIX).await?;
         Ok(entries.iter().filter_map(|e| HistoryEntry::from_key(&e.key)).collect())
     }
 
     /// Deletes a command and its history entry.
     pub async fn forget(&self, entry: &HistoryEntry) -> Result<(), ServiceError> {
-        self.store.delete(&record_key(&entry.message_id), Expect::Any).await.map_err(store_error)?;
-        self.store.delete(&entry.key(), Expect::Any).await.map_err(store_error)
+        self.records.delete(&record_key(&entry.message_id), Expect::Any).await?;
+        self.records.delete(&entry.key(), Expect::Any).await
     }
 
     pub async fn queue(&self, device: &DeviceKey) -> Result<Queue, ServiceError> {
-        let key = queue_key(device);
-        match self.store.get(&key).await.map_err(store_error)? {
-            Some(entry) => decode(&key, &entry.value),
-            None => Ok(Queue::default()),
-        }
+        Ok(self.records.get(&queue_key(device)).await?.unwrap_or_default())
     }
 
     /// Appends to the device's queue; [`ServiceError::TooManyRequests`] when it is full.
     pub async fn enqueue(&self, device: &DeviceKey, entry: QueuedEntry) -> Result<(), ServiceError> {
-        self.update(&queue_key(device), |queue: Option<Queue>| {
-            let mut queue = queue.unwrap_or_default();
-            queue.push(entry.clone()).map_err(|QueueFull| queue_full(device))?;
-            Ok((Change::Put(queue), ()))
-        })
-        .await
+        self.records
+            .update(&queue_key(device), |queue: Option<Queue>| {
+                let mut queue = queue.unwrap_or_default();
+                queue.push(entry.clone()).map_err(|QueueFull| queue_full(device))?;
+                Ok((Change::Put(queue), ()))
+            })
+            .await
     }
 
     /// Takes the commands in `done` out of the device's queue (an emptied queue is deleted).
@@ -154,75 +138,39 @@ impl Records {
         if done.is_empty() {
             return Ok(());
         }
-        let key = queue_key(device);
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(entry) = self.store.get(&key).await.map_err(store_error)? else {
-                return Ok(());
-            };
-            let mut queue: Queue = decode(&key, &entry.value)?;
-            if !queue.remove(done) {
-                return Ok(());
-            }
-            let expect = Expect::Revision(entry.revision);
-            let written = if queue.is_empty() {
-                self.store.delete(&key, expect).await
-            } else {
-                self.store.put(&key, encode(&queue)?, expect).await.map(|_| ())
-            };
-            match written {
-                Ok(()) => return Ok(()),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(store_error(error)),
-            }
-        }
-        Err(ServiceError::Conflict { what: key })
+        self.records
+            .update(&queue_key(device), |queue: Option<Queue>| {
+                let Some(mut queue) = queue else {
+                    return Ok((Change::Keep, ()));
+                };
+                let change = if !queue.remove(done) {
+                    Change::Keep
+                } else if queue.is_empty() {
+                    Change::Delete
+                } else {
+                    Change::Put(queue)
+                };
+                Ok((change, ()))
+            })
+            .await
     }
 
     /// Every non-empty queue.
     pub async fn all_queues(&self) -> Result<Vec<(DeviceKey, Queue)>, ServiceError> {
-        let entries = self.store.list(QUEUE_PREFIX).await.map_err(store_error)?;
+        let entries = self.records.store().list(QUEUE_PREFIX).await?;
         let mut queues = Vec::with_capacity(entries.len());
         for entry in entries {
             let Some(device) = queue_device(&entry.key) else {
                 tracing::warn!(key = %entry.key, "queue record with an unreadable key skipped");
                 continue;
             };
-            queues.push((device, decode(&entry.key, &entry.value)?));
+            queues.push((device, tether_store::Records::decode(&entry.key, &entry.value)?));
         }
         Ok(queues)
     }
 
     pub async fn delete_queue(&self, device: &DeviceKey) -> Result<(), ServiceError> {
-        self.store.delete(&queue_key(device), Expect::Any).await.map_err(store_error)
-    }
-
-    /// Applies `step` to the stored record with compare-and-set, retrying when another writer
-    /// got there first; returns what the winning `step` returned.
-    async fn update<T, R>(
-        &self,
-        key: &str,
-        mut step: impl FnMut(Option<T>) -> Result<(Change<T>, R), ServiceError>,
-    ) -> Result<R, ServiceError>
-    where
-        T: Serialize + DeserializeOwned,
-    {
-        for _ in 0..MAX_ATTEMPTS {
-            let entry = self.store.get(key).await.map_err(store_error)?;
-            let (current, expect) = match &entry {
-                Some(entry) => (Some(decode(key, &entry.value)?), Expect::Revision(entry.revision)),
-                None => (None, Expect::Absent),
-            };
-            let (change, outcome) = step(current)?;
-            let Change::Put(value) = change else {
-                return Ok(outcome);
-            };
-            match self.store.put(key, encode(&value)?, expect).await {
-                Ok(_) => return Ok(outcome),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(store_error(error)),
-            }
-        }
-        Err(ServiceError::Conflict { what: key.to_owned() })
+        self.records.delete(&queue_key(device), Expect::Any).await
     }
 }
 
@@ -284,21 +232,6 @@ pub(crate) fn queue_full(device: &DeviceKey) -> ServiceError {
         "device {device} already has {} queued commands",
         crate::queue::MAX_QUEUED_PER_DEVICE
     ))
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Bytes, ServiceError> {
-    serde_json::to_vec(value).map(Bytes::from).map_err(|e| ServiceError::Internal(e.to_string()))
-}
-
-fn decode<T: DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T, ServiceError> {
-    serde_json::from_slice(raw).map_err(|e| ServiceError::Internal(format!("stored record {key} is unreadable: {e}")))
-}
-
-fn store_error(err: StoreError) -> ServiceError {
-    match err {
-        StoreError::Conflict { key } => ServiceError::Conflict { what: key },
-        StoreError::Backend(reason) => ServiceError::Unavailable(reason),
-    }
 }
 
 #[cfg(test)]

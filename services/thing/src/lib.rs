@@ -26,12 +26,11 @@ use tether_contract::{
     DesiredValue, DeviceMessage, DeviceRequest, PropertySnapshot, ServiceError, Tag, ThingService, now_ms,
 };
 use tether_model::{DeviceKey, ProductKey, Tsl};
-use tether_store::{KvStore, SessionRoutes};
+use tether_store::records::{Change, Records};
+use tether_store::{Expect, KvStore, SessionRoutes};
 use tokio::task::JoinHandle;
 
 pub use properties::{CONSUMER_GROUP, PROPERTY_POSTS};
-
-use crate::records::{Change, Records};
 
 /// The `thing` service.
 pub struct Thing {
@@ -104,7 +103,7 @@ impl Thing {
 #[async_trait]
 impl ThingService for Thing {
     async fn put_thing_model(&self, product_key: &ProductKey, tsl: Tsl) -> Result<(), ServiceError> {
-        self.records.put(&records::model_key(product_key), &tsl.to_json()).await?;
+        self.records.put(&records::model_key(product_key), &tsl.to_json(), Expect::Any).await?;
         let changed = BusMessage::new(subject::THING_MODEL_CHANGED, product_key.to_string());
         if let Err(error) = self.bus.publish(changed).await {
             tracing::warn!(%product_key, %error, "thing model change not announced");

@@ -11,8 +11,9 @@ use serde_json::{Map, Value};
 use tether_bus::{Consumer, Delivery};
 use tether_contract::{PropertySnapshot, TimedValue};
 use tether_model::{DeviceKey, DeviceName, ProductKey};
+use tether_store::records::{Change, Records};
 
-use crate::records::{self, Change, Records};
+use crate::records;
 
 /// The durable consumer group of the thing service.
 pub const CONSUMER_GROUP: &str = "thing";

@@ -9,9 +9,10 @@ use tether_bus::events::{self, Origin};
 use tether_contract::{DesiredValue, DeviceMessage, DeviceRequest, ServiceError, Tag, now_ms};
 use tether_model::topic::ShadowOp;
 use tether_model::{AlinkCode, AlinkReply, AlinkRequest, Topic};
+use tether_store::records::Change;
 
 use crate::Thing;
-use crate::records::{self, Change};
+use crate::records;
 
 /// Most tags one device may carry.
 pub const MAX_TAGS: usize = 100;

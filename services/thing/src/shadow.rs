@@ -8,9 +8,10 @@ use tether_contract::{DeviceMessage, ServiceError, now_ms};
 use tether_model::shadow::{self, ShadowDocument, ShadowError};
 use tether_model::topic::ShadowOp;
 use tether_model::{DeviceKey, Topic};
+use tether_store::records::Change;
 
 use crate::Thing;
-use crate::records::{self, Change};
+use crate::records;
 
 // === impl Thing ===
 

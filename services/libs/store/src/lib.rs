@@ -6,6 +6,7 @@
 
 mod fjall_store;
 mod nats_kv;
+pub mod records;
 mod redis_routes;
 mod routes;
 
@@ -14,6 +15,7 @@ use bytes::Bytes;
 
 pub use fjall_store::FjallStore;
 pub use nats_kv::{Change, ChangeStream, NatsKvStore};
+pub use records::Records;
 pub use redis_routes::{Claim, RedisRoutes, RedisRoutesConfig};
 pub use routes::{LocalRoutes, Presence, Route, SessionRoutes};
 
