@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use serde_json::{Map, Value};
 use tether_contract::command::TIMEOUT_RANGE_MS;
-use tether_contract::{Caller, Command, CommandStatus, Invocation, RrpcCode, RrpcOutcome, SendOptions, ServiceError};
+use tether_contract::{Caller, Command, Invocation, RrpcOutcome, SendOptions, ServiceError};
 use tether_model::tsl::CallType;
 use tether_model::{DeviceKey, DeviceName, ProductKey};
 
@@ -133,28 +133,6 @@ pub fn json_object(field: &str, text: &str) -> Result<Map<String, Value>, Servic
         Value::Null => Ok(Map::new()),
         Value::Object(object) => Ok(object),
         _ => Err(ServiceError::invalid(field, "must be a JSON object")),
-    }
-}
-
-/// Aliyun's name of an RRPC outcome (`RrpcCode`).
-pub fn rrpc_code_name(code: RrpcCode) -> &'static str {
-    match code {
-        RrpcCode::Success => "SUCCESS",
-        RrpcCode::Timeout => "TIMEOUT",
-        RrpcCode::Offline => "OFFLINE",
-        RrpcCode::Unknown => "UNKNOWN",
-    }
-}
-
-/// The name of a command's status, as the command record's JSON writes it.
-pub fn status_name(status: CommandStatus) -> &'static str {
-    match status {
-        CommandStatus::Queued => "QUEUED",
-        CommandStatus::Sent => "SENT",
-        CommandStatus::Delivered => "DELIVERED",
-        CommandStatus::Succeeded => "SUCCEEDED",
-        CommandStatus::Failed => "FAILED",
-        CommandStatus::Expired => "EXPIRED",
     }
 }
 
@@ -390,23 +368,5 @@ mod tests {
         assert_eq!(field(DeviceBatch::new(vec![]).unwrap_err()), "deviceNames");
         assert!(DeviceBatch::new(vec!["d".into(); 100]).is_ok());
         assert_eq!(field(DeviceBatch::new(vec!["d".into(); 101]).unwrap_err()), "deviceNames");
-    }
-
-    #[test]
-    fn names_are_the_records_json() {
-        for code in [RrpcCode::Success, RrpcCode::Timeout, RrpcCode::Offline, RrpcCode::Unknown] {
-            assert_eq!(serde_json::to_value(code).unwrap(), rrpc_code_name(code));
-        }
-        let statuses = [
-            CommandStatus::Queued,
-            CommandStatus::Sent,
-            CommandStatus::Delivered,
-            CommandStatus::Succeeded,
-            CommandStatus::Failed,
-            CommandStatus::Expired,
-        ];
-        for status in statuses {
-            assert_eq!(serde_json::to_value(status).unwrap(), status_name(status));
-        }
     }
 }

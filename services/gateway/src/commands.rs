@@ -394,7 +394,7 @@ impl From<Invocation> for InvocationView {
                 Self { message_id: command.message_id, rrpc_code: None, code: None, data: None }
             }
             Invocation::Sync { message_id, rrpc_code, code, data } => {
-                Self { message_id, rrpc_code: Some(calls::rrpc_code_name(rrpc_code).to_owned()), code, data }
+                Self { message_id, rrpc_code: Some(rrpc_code.as_str().to_owned()), code, data }
             }
         }
     }
@@ -405,7 +405,7 @@ impl From<RrpcOutcome> for RrpcView {
         let RrpcOutcome { message_id, rrpc_code, payload } = outcome;
         Self {
             message_id,
-            rrpc_code: calls::rrpc_code_name(rrpc_code).to_owned(),
+            rrpc_code: rrpc_code.as_str().to_owned(),
             payload_base64: payload.map(|p| calls::base64_encode(&p)),
         }
     }
@@ -453,7 +453,7 @@ impl From<Command> for CommandView {
             device_name: device_name.to_string(),
             topic,
             method,
-            status: calls::status_name(status).to_owned(),
+            status: status.as_str().to_owned(),
             created_at,
             updated_at,
             expires_at,

@@ -342,7 +342,7 @@ fn invocation_reply(invocation: Invocation) -> pb::InvokeThingServiceResponse {
         },
         Invocation::Sync { message_id, rrpc_code, code, data } => pb::InvokeThingServiceResponse {
             message_id,
-            rrpc_code: Some(calls::rrpc_code_name(rrpc_code).to_owned()),
+            rrpc_code: Some(rrpc_code.as_str().to_owned()),
             code,
             data_json: data.map(|d| d.to_string()),
         },
@@ -351,11 +351,7 @@ fn invocation_reply(invocation: Invocation) -> pb::InvokeThingServiceResponse {
 
 fn rrpc_reply(outcome: RrpcOutcome) -> pb::RRpcResponse {
     let RrpcOutcome { message_id, rrpc_code, payload } = outcome;
-    pb::RRpcResponse {
-        message_id,
-        rrpc_code: calls::rrpc_code_name(rrpc_code).to_owned(),
-        payload: payload.map(|p| p.to_vec()),
-    }
+    pb::RRpcResponse { message_id, rrpc_code: rrpc_code.as_str().to_owned(), payload: payload.map(|p| p.to_vec()) }
 }
 
 fn command_record(command: Command) -> pb::CommandRecord {
@@ -379,7 +375,7 @@ fn command_record(command: Command) -> pb::CommandRecord {
         device_name: device_name.to_string(),
         topic,
         method,
-        status: calls::status_name(status).to_owned(),
+        status: status.as_str().to_owned(),
         created_at,
         updated_at,
         expires_at,

@@ -156,3 +156,56 @@ pub trait CommandService: Send + Sync + 'static {
     /// A device's async commands, oldest first.
     async fn list_commands(&self, device: &DeviceKey) -> Result<Vec<Command>, ServiceError>;
 }
+
+// === impl CommandStatus ===
+
+impl CommandStatus {
+    /// The status's name, as the command record's JSON writes it (`SUCCEEDED`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Sent => "SENT",
+            Self::Delivered => "DELIVERED",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::Expired => "EXPIRED",
+        }
+    }
+}
+
+// === impl RrpcCode ===
+
+impl RrpcCode {
+    /// Aliyun's name of an RRPC outcome (`TIMEOUT`), as its JSON writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "SUCCESS",
+            Self::Timeout => "TIMEOUT",
+            Self::Offline => "OFFLINE",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_json_names() {
+        for code in [RrpcCode::Success, RrpcCode::Timeout, RrpcCode::Offline, RrpcCode::Unknown] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        let statuses = [
+            CommandStatus::Queued,
+            CommandStatus::Sent,
+            CommandStatus::Delivered,
+            CommandStatus::Succeeded,
+            CommandStatus::Failed,
+            CommandStatus::Expired,
+        ];
+        for status in statuses {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+    }
+}
