@@ -4,13 +4,14 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tether_tests::{TestPlatform, eventually};
+use tether_tests::{DeviceCredentials, TestPlatform, eventually};
 
 /// Per-step timeout handed to the script (connect, reply, hold, disconnect).
 const SCRIPT_STEP_TIMEOUT_SECS: u64 = 20;
@@ -30,6 +31,51 @@ fn venv_python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// The arguments every script takes: where to connect, as which device, and the step timeout.
+fn device_args(addr: SocketAddr, device: &DeviceCredentials) -> Vec<String> {
+    vec![
+        "--host".into(),
+        addr.ip().to_string(),
+        "--port".into(),
+        addr.port().to_string(),
+        "--product-key".into(),
+        device.product_key.clone(),
+        "--device-name".into(),
+        device.device_name.clone(),
+        "--device-secret".into(),
+        device.device_secret.clone(),
+        "--timeout".into(),
+        SCRIPT_STEP_TIMEOUT_SECS.to_string(),
+    ]
+}
+
+/// Waits until `device` (the script's `what`) is ONLINE and returns its status body; fails as soon
+/// as the script exits first.
+async fn online_while_running(
+    platform: &TestPlatform,
+    script: &mut Script,
+    device: &DeviceCredentials,
+    what: &str,
+    within: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, body) = platform.status(device).await;
+        if status == "ONLINE" {
+            return body;
+        }
+        if let Some(exit) = script.child().try_wait().expect("poll script") {
+            panic!("the script exited before the {what} was ONLINE (status {body}):\n{}", script.exited_output(exit));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} not ONLINE within {within:?} (status {body}); script stderr:\n{}",
+            script.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The script's process; killed if the test fails while it runs.
@@ -108,6 +154,19 @@ impl Script {
         }
         format!("exit: {status}\nstdout: {stdout}\nstderr:\n{}", self.stderr())
     }
+
+    /// Waits for the script to exit successfully and returns the JSON line it printed last (what
+    /// the SDK observed), with the run's report for assertion messages.
+    async fn observed(self) -> (Value, String) {
+        let output = self.output().await;
+        let report = format!("exit: {}\nstdout: {}\nstderr:\n{}", output.status, output.stdout, output.stderr);
+        let line = output.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+        let observed: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line from the script ({e}):\n{report}"));
+        eprintln!("the SDK observed: {observed}");
+        assert!(output.status.success(), "the SDK run failed: {observed}\n{report}");
+        (observed, report)
+    }
 }
 
 impl Drop for Script {
@@ -129,53 +188,16 @@ async fn python_linkkit_sdk_posts_a_property_and_gets_code_200() {
     let mut script = Script::spawn(
         &python,
         "linkkit_property_post.py",
-        &[
-            "--host".into(),
-            addr.ip().to_string(),
-            "--port".into(),
-            addr.port().to_string(),
-            "--product-key".into(),
-            creds.product_key.clone(),
-            "--device-name".into(),
-            creds.device_name.clone(),
-            "--device-secret".into(),
-            creds.device_secret.clone(),
-            "--timeout".into(),
-            SCRIPT_STEP_TIMEOUT_SECS.to_string(),
-            "--hold".into(),
-        ],
+        &[device_args(addr, &creds), vec!["--hold".into()]].concat(),
     );
 
     // The SDK holds its connection (`--hold`) until stdin closes: the device must show ONLINE.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(SCRIPT_STEP_TIMEOUT_SECS);
-    let online = loop {
-        let (status, body) = platform.status(&creds).await;
-        if status == "ONLINE" {
-            break body;
-        }
-        if let Some(exit) = script.child().try_wait().expect("poll script") {
-            panic!(
-                "the script exited before the device was seen ONLINE (status {body}):\n{}",
-                script.exited_output(exit)
-            );
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "device not ONLINE within {SCRIPT_STEP_TIMEOUT_SECS}s (status {body}); script stderr:\n{}",
-            script.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let within = Duration::from_secs(SCRIPT_STEP_TIMEOUT_SECS);
+    let online = online_while_running(&platform, &mut script, &creds, "device", within).await;
     assert!(online["timestamp"].is_i64(), "{online}");
 
     script.release();
-    let output = script.output().await;
-    let report = format!("exit: {}\nstdout: {}\nstderr:\n{}", output.status, output.stdout, output.stderr);
-    let line = output.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    let observed: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line from the script ({e}):\n{report}"));
-    eprintln!("the SDK observed: {observed}");
-    assert!(output.status.success(), "the SDK run failed: {observed}\n{report}");
+    let (observed, report) = script.observed().await;
     assert_eq!(observed["connected"], true, "{observed}");
     assert_eq!(observed["prop_post_code"], 200, "on_thing_prop_post code: {observed}\n{report}");
     assert_eq!(observed["prop_post_reply"]["message"], "success", "{observed}");
@@ -221,35 +243,21 @@ async fn python_linkkit_sdk_posts_an_event_and_updates_tags() {
         &python,
         "linkkit_thing.py",
         &[
-            "--host".into(),
-            addr.ip().to_string(),
-            "--port".into(),
-            addr.port().to_string(),
-            "--product-key".into(),
-            creds.product_key.clone(),
-            "--device-name".into(),
-            creds.device_name.clone(),
-            "--device-secret".into(),
-            creds.device_secret.clone(),
-            "--tsl".into(),
-            tsl_path.display().to_string(),
-            "--event".into(),
-            "Overheat".into(),
-            "--event-params".into(),
-            json!({"level": 2}).to_string(),
-            "--tags".into(),
-            json!({"room": "lab", "floor": "3"}).to_string(),
-            "--timeout".into(),
-            SCRIPT_STEP_TIMEOUT_SECS.to_string(),
-        ],
+            device_args(addr, &creds),
+            vec![
+                "--tsl".into(),
+                tsl_path.display().to_string(),
+                "--event".into(),
+                "Overheat".into(),
+                "--event-params".into(),
+                json!({"level": 2}).to_string(),
+                "--tags".into(),
+                json!({"room": "lab", "floor": "3"}).to_string(),
+            ],
+        ]
+        .concat(),
     );
-    let output = script.output().await;
-    let report = format!("exit: {}\nstdout: {}\nstderr:\n{}", output.status, output.stdout, output.stderr);
-    let line = output.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    let observed: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line from the script ({e}):\n{report}"));
-    eprintln!("the SDK observed: {observed}");
-    assert!(output.status.success(), "the SDK run failed: {observed}\n{report}");
+    let (observed, _) = script.observed().await;
     assert_eq!(observed["event_post"]["code"], 200, "{observed}");
     assert_eq!(observed["event_post"]["event"], "Overheat", "{observed}");
     assert_eq!(observed["tags_reply"]["code"], 200, "{observed}");
@@ -281,58 +289,30 @@ async fn python_linkkit_gateway_attaches_and_logs_in_a_sub_device() {
         &python,
         "linkkit_gateway.py",
         &[
-            "--host".into(),
-            addr.ip().to_string(),
-            "--port".into(),
-            addr.port().to_string(),
-            "--product-key".into(),
-            gateway.product_key.clone(),
-            "--device-name".into(),
-            gateway.device_name.clone(),
-            "--device-secret".into(),
-            gateway.device_secret.clone(),
-            "--sub-product-key".into(),
-            sub.product_key.clone(),
-            "--sub-device-name".into(),
-            sub.device_name.clone(),
-            "--sub-device-secret".into(),
-            sub.device_secret.clone(),
-            "--timeout".into(),
-            SCRIPT_STEP_TIMEOUT_SECS.to_string(),
-            "--hold".into(),
-        ],
+            device_args(addr, &gateway),
+            vec![
+                "--sub-product-key".into(),
+                sub.product_key.clone(),
+                "--sub-device-name".into(),
+                sub.device_name.clone(),
+                "--sub-device-secret".into(),
+                sub.device_secret.clone(),
+                "--hold".into(),
+            ],
+        ]
+        .concat(),
     );
 
     // The SDK holds the gateway's connection (`--hold`) after the login: the sub-device is ONLINE.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(SCRIPT_STEP_TIMEOUT_SECS * 3);
-    loop {
-        let (status, body) = platform.status(&sub).await;
-        if status == "ONLINE" {
-            break;
-        }
-        if let Some(exit) = script.child().try_wait().expect("poll script") {
-            panic!("the script exited before the sub-device was ONLINE ({body}):\n{}", script.exited_output(exit));
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sub-device not ONLINE in time ({body}); script stderr:\n{}",
-            script.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let within = Duration::from_secs(SCRIPT_STEP_TIMEOUT_SECS * 3);
+    online_while_running(&platform, &mut script, &sub, "sub-device", within).await;
     let path = format!("/products/{}/devices/{}/sub-devices", gateway.product_key, gateway.device_name);
     let (status, topology) = platform.api.get(&path).await;
     assert_eq!(status, StatusCode::OK, "{topology}");
     assert_eq!(topology["items"][0]["deviceName"], sub.device_name.as_str(), "{topology}");
 
     script.release();
-    let output = script.output().await;
-    let report = format!("exit: {}\nstdout: {}\nstderr:\n{}", output.status, output.stdout, output.stderr);
-    let line = output.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    let observed: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line from the script ({e}):\n{report}"));
-    eprintln!("the SDK observed: {observed}");
-    assert!(output.status.success(), "the SDK run failed: {observed}\n{report}");
+    let (observed, _) = script.observed().await;
     let identity = json!({"productKey": sub.product_key, "deviceName": sub.device_name});
     assert_eq!(observed["topo_add"]["data"], json!([identity]), "{observed}");
     assert_eq!(observed["login"]["data"], json!([identity]), "{observed}");
