@@ -17,58 +17,32 @@ Arguments: --host, --port, --product-key, --device-name, --device-secret (the ga
 --sub-product-key, --sub-device-name, --sub-device-secret, --timeout, --hold.
 """
 
-import argparse
 import json
-import logging
-import os
-import sys
 import threading
 
-OK = 0
-FAILED = 1
-USAGE = 2
-WATCHDOG_EXIT = 3
+import common
+from common import FAILED, OK
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--product-key", required=True)
-    parser.add_argument("--device-name", required=True)
-    parser.add_argument("--device-secret", required=True)
+    parser = common.device_parser(__doc__)
     parser.add_argument("--sub-product-key", required=True)
     parser.add_argument("--sub-device-name", required=True)
     parser.add_argument("--sub-device-secret", required=True)
-    parser.add_argument("--timeout", type=float, default=20)
     parser.add_argument("--hold", action="store_true")
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    common.log_to_stderr()
     observed = {"connected": False, "topo_add": None, "login": None, "sub_post_reply": None,
                 "logout": None, "error": None}
 
-    def finish(code, error=None):
-        if error is not None:
-            observed["error"] = error
-            print("linkkit_gateway: FAILED: " + error, file=sys.stderr, flush=True)
-        sys.stdout.write(json.dumps(observed) + "\n")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    finish = common.finisher("linkkit_gateway", observed)
 
-    watchdog = threading.Timer(args.timeout * 6 + 10, lambda: finish(WATCHDOG_EXIT, "watchdog: run exceeded its time bound"))
-    watchdog.daemon = True
-    watchdog.start()
-
-    try:
-        from linkkit import linkkit
-    except Exception as e:  # noqa: BLE001
-        finish(USAGE, "cannot import the SDK (run `make deps`): %r" % (e,))
+    common.start_watchdog(args.timeout * 6 + 10, finish)
+    linkkit = common.import_linkkit(finish)
 
     connected = threading.Event()
     topo_added = threading.Event()
@@ -78,11 +52,7 @@ def main():
     sub = [args.sub_product_key, args.sub_device_name, args.sub_device_secret]
     sub_post = "/sys/%s/%s/thing/event/property/post" % (args.sub_product_key, args.sub_device_name)
 
-    lk = linkkit.LinkKit(host_name=args.host, product_key=args.product_key,
-                         device_name=args.device_name, device_secret=args.device_secret)
-    lk.enable_logger(logging.DEBUG)
-    lk.config_mqtt(port=args.port, protocol="MQTTv311", transport="TCP", secure="",
-                   keep_alive=60, endpoint=args.host)
+    lk = common.new_linkkit(linkkit, args)
 
     def reply(request_id, code, data, message):
         return {"id": request_id, "code": code, "data": data, "message": message}
@@ -135,22 +105,11 @@ def main():
     step("sub_post_reply", lambda: (lk.publish_topic(sub_post, post, 1)[0], None), posted)
 
     if args.hold:
-        released = threading.Event()
-
-        def wait_stdin():
-            try:
-                sys.stdin.readline()
-            finally:
-                released.set()
-
-        threading.Thread(target=wait_stdin, daemon=True).start()
-        released.wait(args.timeout)
+        common.hold(args.timeout)
 
     step("logout", lambda: lk.gateway_logout_subdev([sub[:2]]), logged_out)
 
-    closer = threading.Thread(target=lk.disconnect, daemon=True)
-    closer.start()
-    closer.join(args.timeout)
+    closer = common.disconnect(lk, args.timeout)
     if closer.is_alive():
         finish(FAILED, "disconnect() did not return within %ss" % args.timeout)
     finish(OK)

@@ -21,19 +21,11 @@ Arguments (each defaults to an environment variable):
 """
 
 import argparse
-import json
-import logging
 import os
-import sys
 import threading
 
-# Exit codes.
-OK = 0
-FAILED = 1
-USAGE = 2
-
-# A hard upper bound: whatever the SDK's threads do, the process ends.
-WATCHDOG_EXIT = 3
+import common
+from common import FAILED, OK, USAGE
 
 
 def parse_args():
@@ -55,8 +47,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    common.log_to_stderr()
     observed = {
         "sdk": None,
         "paho": None,
@@ -71,45 +62,24 @@ def main():
         "error": None,
     }
 
-    def finish(code, error=None):
-        if error is not None:
-            observed["error"] = error
-            print("linkkit_property_post: FAILED: " + error, file=sys.stderr, flush=True)
-        sys.stdout.write(json.dumps(observed) + "\n")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # The SDK's worker threads are daemons, but do not let any of them delay the exit.
-        os._exit(code)
-
+    finish = common.finisher("linkkit_property_post", observed)
     # Whole-run bound: connect + post + hold + disconnect, with margin.
-    watchdog = threading.Timer(args.timeout * 4 + 10, lambda: finish(WATCHDOG_EXIT, "watchdog: run exceeded its time bound"))
-    watchdog.daemon = True
-    watchdog.start()
+    common.start_watchdog(args.timeout * 4 + 10, finish)
 
     try:
         from importlib.metadata import version
         observed["sdk"] = version("aliyun-iot-linkkit")
         observed["paho"] = version("paho-mqtt")
-        from linkkit import linkkit
     except Exception as e:  # noqa: BLE001
         finish(USAGE, "cannot import the SDK (run `make deps`): %r" % (e,))
+    linkkit = common.import_linkkit(finish)
 
     connected = threading.Event()
     enabled = threading.Event()
     replied = threading.Event()
     disconnected = threading.Event()
 
-    lk = linkkit.LinkKit(
-        host_name=args.host,
-        product_key=args.product_key,
-        device_name=args.device_name,
-        device_secret=args.device_secret,
-    )
-    lk.enable_logger(logging.DEBUG)
-    # Plain TCP ("" = no TLS → the SDK signs in with securemode=3); `endpoint` overrides the
-    # "{pk}.iot-as-mqtt.{region}.aliyuncs.com" host the SDK would otherwise derive.
-    lk.config_mqtt(port=args.port, protocol="MQTTv311", transport="TCP", secure="",
-                   keep_alive=60, endpoint=args.host)
+    lk = common.new_linkkit(linkkit, args)
 
     def on_connect(session_flag, rc, userdata):
         observed["connect_rc"] = rc
@@ -157,22 +127,9 @@ def main():
         finish(FAILED, "on_thing_prop_post not called within %ss" % args.timeout)
 
     if args.hold:
-        # Stay connected until the caller closes stdin (or writes a line), bounded.
-        released = threading.Event()
+        common.hold(args.timeout)
 
-        def wait_stdin():
-            try:
-                sys.stdin.readline()
-            finally:
-                released.set()
-
-        threading.Thread(target=wait_stdin, daemon=True).start()
-        released.wait(args.timeout)
-
-    # disconnect() blocks until the SDK's loop thread ends; bound it.
-    closer = threading.Thread(target=lk.disconnect, daemon=True)
-    closer.start()
-    closer.join(args.timeout)
+    closer = common.disconnect(lk, args.timeout)
     disconnected.wait(min(args.timeout, 5))
     if closer.is_alive():
         finish(FAILED, "disconnect() did not return within %ss" % args.timeout)

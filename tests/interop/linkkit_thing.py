@@ -12,69 +12,39 @@ Arguments: --host, --port, --product-key, --device-name, --device-secret, --tsl 
 --event IDENTIFIER, --event-params JSON, --tags JSON (an object of tag key → value), --timeout.
 """
 
-import argparse
 import json
-import logging
-import os
-import sys
 import threading
 
-OK = 0
-FAILED = 1
-USAGE = 2
-WATCHDOG_EXIT = 3
+import common
+from common import FAILED, OK
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--product-key", required=True)
-    parser.add_argument("--device-name", required=True)
-    parser.add_argument("--device-secret", required=True)
+    parser = common.device_parser(__doc__)
     parser.add_argument("--tsl", required=True)
     parser.add_argument("--event", required=True)
     parser.add_argument("--event-params", required=True)
     parser.add_argument("--tags", required=True)
-    parser.add_argument("--timeout", type=float, default=20)
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    common.log_to_stderr()
     observed = {"connected": False, "event_post_rc": None, "event_post": None,
                 "tags_rc": None, "tags_reply": None, "error": None}
 
-    def finish(code, error=None):
-        if error is not None:
-            observed["error"] = error
-            print("linkkit_thing: FAILED: " + error, file=sys.stderr, flush=True)
-        sys.stdout.write(json.dumps(observed) + "\n")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    finish = common.finisher("linkkit_thing", observed)
 
-    watchdog = threading.Timer(args.timeout * 4 + 10, lambda: finish(WATCHDOG_EXIT, "watchdog: run exceeded its time bound"))
-    watchdog.daemon = True
-    watchdog.start()
-
-    try:
-        from linkkit import linkkit
-    except Exception as e:  # noqa: BLE001
-        finish(USAGE, "cannot import the SDK (run `make deps`): %r" % (e,))
+    common.start_watchdog(args.timeout * 4 + 10, finish)
+    linkkit = common.import_linkkit(finish)
 
     connected = threading.Event()
     enabled = threading.Event()
     event_replied = threading.Event()
     tags_replied = threading.Event()
 
-    lk = linkkit.LinkKit(host_name=args.host, product_key=args.product_key,
-                         device_name=args.device_name, device_secret=args.device_secret)
-    lk.enable_logger(logging.DEBUG)
-    lk.config_mqtt(port=args.port, protocol="MQTTv311", transport="TCP", secure="",
-                   keep_alive=60, endpoint=args.host)
+    lk = common.new_linkkit(linkkit, args)
 
     def on_connect(session_flag, rc, userdata):
         if rc == 0:
@@ -120,9 +90,7 @@ def main():
     if not tags_replied.wait(args.timeout):
         finish(FAILED, "on_thing_device_info_update not called within %ss" % args.timeout)
 
-    closer = threading.Thread(target=lk.disconnect, daemon=True)
-    closer.start()
-    closer.join(args.timeout)
+    common.disconnect(lk, args.timeout)
 
     if observed["event_post"]["code"] != 200:
         finish(FAILED, "event post got code %r, want 200" % (observed["event_post"]["code"],))
