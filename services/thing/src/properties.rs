@@ -5,13 +5,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tether_bus::{Consumer, Delivery};
+use tether_contract::ServiceError;
 use tether_contract::{PropertySnapshot, TimedValue};
 use tether_model::{DeviceKey, DeviceName, ProductKey};
-use tether_store::records::{Change, Records};
+use tether_store::records::Records;
+use tether_store::{Expect, StoreError};
 
 use crate::records;
 
@@ -23,6 +26,9 @@ pub const PROPERTY_POSTS: &str = "tether.up.*.*.*.property";
 
 /// Most deliveries merged into one round of writes.
 const MAX_BATCH: usize = 256;
+
+/// How often a batch's writes are retried after losing compare-and-set races.
+const MAX_ATTEMPTS: usize = 32;
 
 /// How long to wait before handing a batch back after the store failed.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -78,7 +84,7 @@ pub(crate) async fn keep_latest(records: Records, mut consumer: Consumer) {
     }
 }
 
-async fn write_batch(records: &Records, batch: &[Delivery]) -> Result<(), tether_contract::ServiceError> {
+async fn write_batch(records: &Records, batch: &[Delivery]) -> Result<(), ServiceError> {
     let mut by_device: BTreeMap<DeviceKey, Vec<Map<String, Value>>> = BTreeMap::new();
     for delivery in batch {
         match serde_json::from_slice::<PropertyPost>(&delivery.message.payload) {
@@ -91,18 +97,42 @@ async fn write_batch(records: &Records, batch: &[Delivery]) -> Result<(), tether
             }
         }
     }
-    for (device, posts) in by_device {
-        let key = records::device_key("props", &device);
-        records
-            .update(&key, |stored: Option<PropertySnapshot>| {
-                let mut snapshot = stored.unwrap_or_default();
-                let changed = posts.iter().fold(false, |changed, items| merge(&mut snapshot, items) | changed);
-                let change = if changed { Change::Put(snapshot) } else { Change::Keep };
-                Ok::<_, tether_contract::ServiceError>((change, ()))
-            })
-            .await?;
+    // Every snapshot of the batch is written in one go (the embedded store syncs once), each with
+    // compare-and-set; the ones that lost a race are read and merged again.
+    let mut pending: Vec<(String, Vec<Map<String, Value>>)> =
+        by_device.into_iter().map(|(device, posts)| (records::device_key("props", &device), posts)).collect();
+    for _ in 0..MAX_ATTEMPTS {
+        let mut writes = Vec::with_capacity(pending.len());
+        let mut written = Vec::with_capacity(pending.len());
+        for (key, posts) in pending {
+            let entry = records.store().get(&key).await?;
+            let (mut snapshot, expect) = match &entry {
+                Some(entry) => {
+                    (Records::decode::<PropertySnapshot>(&key, &entry.value)?, Expect::Revision(entry.revision))
+                }
+                None => (PropertySnapshot::new(), Expect::Absent),
+            };
+            let changed = posts.iter().fold(false, |changed, items| merge(&mut snapshot, items) | changed);
+            if changed {
+                let value = serde_json::to_vec(&snapshot).map_err(|e| ServiceError::Internal(e.to_string()))?;
+                writes.push((key.clone(), Bytes::from(value), expect));
+                written.push((key, posts));
+            }
+        }
+        let outcomes = records.store().put_many(writes).await;
+        pending = Vec::new();
+        for ((key, posts), outcome) in written.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(_) => {}
+                Err(StoreError::Conflict { .. }) => pending.push((key, posts)),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
     }
-    Ok(())
+    Err(ServiceError::Conflict { what: "latest properties".into() })
 }
 
 #[cfg(test)]

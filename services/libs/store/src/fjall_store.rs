@@ -83,6 +83,38 @@ impl KvStore for FjallStore {
         .await
     }
 
+    async fn put_many(&self, writes: Vec<(String, Bytes, Expect)>) -> Vec<Result<Revision, StoreError>> {
+        let count = writes.len();
+        let written = self
+            .blocking(move |inner| {
+                let mut last = inner.write_lock.lock();
+                let mut next = *last;
+                let mut outcomes = Vec::with_capacity(writes.len());
+                let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+                for (key, value, expect) in writes {
+                    let outcome = inner.read(&key).and_then(|current| {
+                        check(&key, current.map(|e| e.revision), expect)?;
+                        next += 1;
+                        let mut stored = Vec::with_capacity(8 + value.len());
+                        stored.extend_from_slice(&next.to_be_bytes());
+                        stored.extend_from_slice(&value);
+                        batch.insert(&inner.kv, key.as_bytes(), stored);
+                        Ok(Revision(next))
+                    });
+                    outcomes.push(outcome);
+                }
+                if next != *last {
+                    batch.insert(&inner.meta, LAST_REVISION, next.to_be_bytes().to_vec());
+                    batch.commit().map_err(backend)?;
+                    *last = next;
+                }
+                Ok(outcomes)
+            })
+            .await;
+        // A failed commit fails every write of the batch.
+        written.unwrap_or_else(|error| (0..count).map(|_| Err(StoreError::Backend(error.to_string()))).collect())
+    }
+
     async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
         let key = key.to_owned();
         self.blocking(move |inner| {

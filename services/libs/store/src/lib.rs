@@ -66,4 +66,15 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Every entry whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+
+    /// Writes several values, each only when its own [`Expect`] holds, and returns each write's
+    /// outcome in order. Not atomic across keys; the embedded store syncs once for the whole
+    /// batch, which is what makes it worth calling. The keys must be distinct.
+    async fn put_many(&self, writes: Vec<(String, Bytes, Expect)>) -> Vec<Result<Revision, StoreError>> {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for (key, value, expect) in writes {
+            outcomes.push(self.put(&key, value, expect).await);
+        }
+        outcomes
+    }
 }

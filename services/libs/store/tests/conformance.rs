@@ -22,6 +22,7 @@ const RECONNECT: Duration = Duration::from_secs(30);
 async fn conformance(store: Arc<dyn KvStore>) {
     create_update_and_conflicts(&*store).await;
     delete_and_recreate(&*store).await;
+    a_batch_checks_each_write_on_its_own(&*store).await;
     list_is_in_key_order_and_stays_under_its_prefix(&*store).await;
     keys_keep_every_character_ids_allow(&*store).await;
     list_returns_every_entry_of_a_large_prefix(&*store).await;
@@ -53,6 +54,27 @@ async fn create_update_and_conflicts(store: &dyn KvStore) {
     assert_eq!(store.get("shadow/never").await.unwrap(), None);
     let any = store.put("shadow/any", value("a"), Expect::Any).await.unwrap();
     assert_eq!(store.get("shadow/any").await.unwrap(), Some(entry("shadow/any", "a", any)));
+}
+
+async fn a_batch_checks_each_write_on_its_own(store: &dyn KvStore) {
+    let kept = store.put("batch/kept", value("old"), Expect::Absent).await.unwrap();
+    let moved = store.put("batch/moved", value("old"), Expect::Absent).await.unwrap();
+    let outcomes = store
+        .put_many(vec![
+            ("batch/new".into(), value("new"), Expect::Absent),
+            ("batch/kept".into(), value("lost"), Expect::Absent),
+            ("batch/moved".into(), value("new"), Expect::Revision(moved)),
+        ])
+        .await;
+    assert_eq!(outcomes.len(), 3);
+    let created = outcomes[0].as_ref().copied().unwrap();
+    assert!(matches!(outcomes[1], Err(StoreError::Conflict { .. })), "{:?}", outcomes[1]);
+    let updated = outcomes[2].as_ref().copied().unwrap();
+    assert!(updated > moved && created != updated, "{created:?} {updated:?}");
+    assert_eq!(store.get("batch/new").await.unwrap(), Some(entry("batch/new", "new", created)));
+    assert_eq!(store.get("batch/kept").await.unwrap(), Some(entry("batch/kept", "old", kept)));
+    assert_eq!(store.get("batch/moved").await.unwrap(), Some(entry("batch/moved", "new", updated)));
+    assert!(store.put_many(Vec::new()).await.is_empty());
 }
 
 async fn delete_and_recreate(store: &dyn KvStore) {
