@@ -162,24 +162,3 @@ fn mqtt_server(shared: Arc<EdgeShared>) -> impl ntex_service::ServiceFactory<nte
         }));
     MqttServer::new().v3(v3).v5(v5)
 }
-
-/// How long a PUBLISH's payload may take to arrive once its header has. ntex-mqtt 8.2 hands over a
-/// frame split across TCP reads as a stream, and with several PUBLISHes in flight on one connection
-/// it can lose the rest of that stream: the handler would wait forever and hold back every later
-/// PUBACK of the connection. After this long the connection is closed instead, and the device
-/// sends its unacknowledged PUBLISHes again when it reconnects (docs/decisions.md).
-const PAYLOAD_READ_TIMEOUT: ntex_util::time::Millis = ntex_util::time::Millis(10_000);
-
-/// Reads a PUBLISH's whole payload, bounded by [`PAYLOAD_READ_TIMEOUT`].
-pub(crate) async fn read_payload<E: std::fmt::Display>(
-    read: impl std::future::Future<Output = Result<ntex_bytes::Bytes, E>>,
-) -> Result<ntex_bytes::Bytes, HandlerError> {
-    match ntex_util::time::timeout(PAYLOAD_READ_TIMEOUT, read).await {
-        Ok(Ok(payload)) => Ok(payload),
-        Ok(Err(error)) => Err(HandlerError(error.to_string())),
-        Err(()) => {
-            tracing::warn!("publish payload did not arrive within 10 s, closing the connection");
-            Err(HandlerError("publish payload did not arrive".into()))
-        }
-    }
-}

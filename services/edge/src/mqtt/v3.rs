@@ -67,7 +67,7 @@ pub async fn protocol_v3(conn: Session<Connection>, msg: ProtocolMessage) -> Res
 pub async fn publish_v3(conn: Session<Connection>, publish: Publish) -> Result<(), HandlerError> {
     let size = publish.payload_size();
     let topic = publish.publish_topic().to_owned();
-    let payload = super::read_payload(publish.read_all()).await?;
+    let payload = publish.read_all().await.map_err(|e| HandlerError(e.to_string()))?;
     match conn.on_publish(&topic, bytes::Bytes::copy_from_slice(&payload), size).await {
         // Without a PUBACK the device sends again after reconnecting: nothing is lost.
         PublishOutcome::Unavailable => Err(HandlerError("bus unavailable".into())),

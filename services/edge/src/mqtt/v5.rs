@@ -71,7 +71,7 @@ pub async fn protocol_v5(conn: Session<Connection>, msg: ProtocolMessage) -> Res
 pub async fn publish_v5(conn: Session<Connection>, publish: Publish) -> Result<PublishAck, HandlerError> {
     let size = publish.payload_size();
     let topic = publish.publish_topic().to_owned();
-    let payload = super::read_payload(publish.read_all()).await?;
+    let payload = publish.read_all().await.map_err(|e| HandlerError(e.to_string()))?;
     let outcome = conn.on_publish(&topic, bytes::Bytes::copy_from_slice(&payload), size).await;
     let reason = match outcome {
         PublishOutcome::Accepted => PublishAckReason::Success,
