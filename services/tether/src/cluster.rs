@@ -252,7 +252,7 @@ async fn run_thing(config: ClusterConfig, shutdown: impl Future<Output = ()>) ->
         .await
         .with_context(|| format!("cannot listen on {} (thing.grpc_addr)", config.thing.grpc_addr))?;
     let thing = Arc::new(Thing::new(Arc::new(store.clone()), Arc::new(bus.clone()), Arc::new(routes.clone())));
-    let keeper = thing.keep_latest_properties().await.context("cannot join the thing consumer group")?;
+    let keeper = thing.run_consumers().await.context("cannot join the thing consumer groups")?;
     let health = health(&config, vec![nats_check(bus), kv_check(store), redis_check(routes)]).await?;
     tracing::info!(addr = %config.thing.grpc_addr, "thing serving grpc");
     let served = tonic::transport::Server::builder()

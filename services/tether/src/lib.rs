@@ -50,8 +50,8 @@ pub struct Platform {
     edge: Edge,
     gateway: Gateway,
     routes: LocalRoutes,
-    /// Keeps the latest properties from the bus.
-    property_keeper: tokio::task::JoinHandle<()>,
+    /// The thing service's consumer groups (latest properties, deleted devices and products).
+    thing_consumers: tokio::task::JoinHandle<()>,
     command: Arc<dyn CommandService>,
     /// The command service's consumers, sweeper and answer routing.
     command_tasks: CommandTasks,
@@ -97,7 +97,7 @@ impl Platform {
         let routes = LocalRoutes::open(store.clone(), now_ms()).await?;
         let routes_dyn: Arc<dyn SessionRoutes> = Arc::new(routes.clone());
         let thing = Arc::new(Thing::new(store.clone(), bus_dyn.clone(), routes_dyn.clone()));
-        let property_keeper = thing.keep_latest_properties().await?;
+        let thing_consumers = thing.run_consumers().await?;
         let thing: Arc<dyn ThingService> = thing;
         let command_deps = CommandDeps {
             store: store.clone(),
@@ -124,7 +124,7 @@ impl Platform {
             Ok(gateway) => gateway,
             Err(error) => {
                 edge.stop().await;
-                property_keeper.abort();
+                thing_consumers.abort();
                 command_tasks.stop().await;
                 return Err(error.into());
             }
@@ -136,7 +136,7 @@ impl Platform {
             edge,
             gateway,
             routes,
-            property_keeper,
+            thing_consumers,
             command,
             command_tasks,
             store: store_ref,
@@ -165,11 +165,11 @@ impl Platform {
     /// Disconnects every device, records it OFFLINE, stops the listeners and closes the bus and the
     /// store.
     pub async fn stop(self) {
-        let Self { edge, gateway, routes, property_keeper, command, command_tasks, store, bus, .. } = self;
+        let Self { edge, gateway, routes, thing_consumers, command, command_tasks, store, bus, .. } = self;
         edge.stop().await;
         gateway.stop().await;
-        property_keeper.abort();
-        let _ = property_keeper.await;
+        thing_consumers.abort();
+        let _ = thing_consumers.await;
         command_tasks.stop().await;
         drop(command);
         routes.close().await;

@@ -49,7 +49,7 @@ impl Thing {
     /// Joins the service's consumer groups and runs them until the bus closes: the latest
     /// properties from property posts ([`CONSUMER_GROUP`]), and the removal of what deleted
     /// devices and products left ([`registry::CONSUMER_GROUP`]).
-    pub async fn keep_latest_properties(self: &Arc<Self>) -> Result<JoinHandle<()>, BusError> {
+    pub async fn run_consumers(self: &Arc<Self>) -> Result<JoinHandle<()>, BusError> {
         let posts = self.bus.consume(CONSUMER_GROUP, PROPERTY_POSTS).await?;
         let lifecycles = self.bus.consume(registry::CONSUMER_GROUP, subject::ALL_REGISTRY).await?;
         let thing = self.clone();

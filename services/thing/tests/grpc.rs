@@ -103,7 +103,7 @@ async fn thing_models_and_device_state_cross_the_wire_intact() {
     assert_eq!(client.get_thing_model(&lamp).await, Ok(Some(lamp_model())));
 
     // Latest properties, kept from a property post on the bus.
-    let keeper = served.thing.keep_latest_properties().await.unwrap();
+    let keeper = served.thing.run_consumers().await.unwrap();
     assert_eq!(client.latest_properties(&device).await, Ok(PropertySnapshot::new()));
     let tenant = TenantId::new("t1").unwrap();
     let origin = Origin { tenant: &tenant, device: &device, iot_id: "iot-1" };
