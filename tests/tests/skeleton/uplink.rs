@@ -168,3 +168,73 @@ async fn ntp_request_is_answered_with_server_times() {
     assert!(recv > 1_700_000_000_000 && send >= recv, "{body}");
     platform.stop().await;
 }
+
+/// A device that pipelines QoS 1 posts whose frames arrive split across TCP reads (a slow link,
+/// a busy device) gets every PUBACK. ntex-mqtt 8.2 hands such a PUBLISH over as a streamed payload
+/// and could dispatch its first chunk before the PUBLISH itself, leaving the connection waiting
+/// forever (vendor/README.md).
+#[tokio::test]
+async fn pipelined_posts_split_across_tcp_reads_all_get_pubacks() {
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4::{self, Connect, Login, Packet, Publish};
+    use rumqttc::mqttbytes::QoS;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const POSTS: u16 = 400;
+    let platform = TestPlatform::start().await;
+    let creds = platform.device().await;
+    let (client_id, username, password) = creds.login(tether_model::SignMethod::HmacSha1);
+    let stream = tokio::net::TcpStream::connect(platform.mqtt_addr()).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+
+    let mut connect = Connect::new(client_id);
+    connect.keep_alive = 60;
+    connect.login = Some(Login::new(username, password));
+    let mut frame = BytesMut::new();
+    connect.write(&mut frame).unwrap();
+    writer.write_all(&frame).await.unwrap();
+
+    let acks = tokio::spawn(async move {
+        let mut buffer = BytesMut::new();
+        let mut acked = std::collections::BTreeSet::new();
+        while acked.len() < usize::from(POSTS) {
+            match v4::read(&mut buffer, 1 << 20) {
+                Ok(Packet::PubAck(ack)) => {
+                    acked.insert(ack.pkid);
+                }
+                Ok(Packet::ConnAck(ack)) => assert_eq!(ack.code, v4::ConnectReturnCode::Success),
+                Ok(_) => {}
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                    if reader.read_buf(&mut buffer).await.unwrap() == 0 {
+                        break;
+                    }
+                }
+                Err(error) => panic!("bad frame from the edge: {error:?}"),
+            }
+        }
+        acked
+    });
+
+    let topic = creds.topic(POST);
+    for pkid in 1..=POSTS {
+        let body = json!({"id": pkid.to_string(), "params": {"Seq": pkid, "Pad": "x".repeat(usize::from(pkid % 97))}});
+        let mut publish = Publish::new(&topic, QoS::AtLeastOnce, body.to_string());
+        publish.pkid = pkid;
+        let mut frame = BytesMut::new();
+        publish.write(&mut frame).unwrap();
+        // Split inside the payload, at a different place each time, with a pause between the
+        // halves now and then so the edge sees the PUBLISH before the rest of its payload.
+        let split = frame.len() - 1 - usize::from(pkid) % 20;
+        writer.write_all(&frame[..split]).await.unwrap();
+        if pkid % 3 == 0 {
+            tokio::time::sleep(Duration::from_micros(200 + u64::from(pkid % 7) * 300)).await;
+        }
+        writer.write_all(&frame[split..]).await.unwrap();
+    }
+
+    let acked = tokio::time::timeout(Duration::from_secs(20), acks).await.expect("every post acknowledged").unwrap();
+    let missing: Vec<u16> = (1..=POSTS).filter(|pkid| !acked.contains(pkid)).collect();
+    assert!(missing.is_empty(), "no PUBACK for packet ids {missing:?}");
+    platform.stop().await;
+}
