@@ -1,0 +1,196 @@
+//! The system under test: `tether run` or a peer broker started by the scenario on free loopback
+//! ports with a fresh data directory, or a server already running (`--attach`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// Which server a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Tether,
+    Mosquitto,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tether => "tether",
+            Kind::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+pub struct Server {
+    pub kind: Kind,
+    pub pid: u32,
+    pub mqtt: SocketAddr,
+    /// Tether's HTTP API and admin key.
+    pub http: Option<SocketAddr>,
+    pub key: Option<String>,
+    child: Option<Child>,
+    command: Option<(PathBuf, Vec<String>, Vec<(String, String)>)>,
+    log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// `tether run` (embedded mode, durable store and bus) on free ports.
+    pub async fn tether(bin: &Path) -> anyhow::Result<Self> {
+        if !bin.exists() {
+            bail!("no tether binary at {} (build it, or pass --tether-bin)", bin.display());
+        }
+        let dir = tempfile::tempdir()?;
+        let (mqtt, http, grpc) = (free_addr()?, free_addr()?, free_addr()?);
+        let key = format!("load-{}", std::process::id());
+        let args = vec![
+            "run".to_owned(),
+            format!("--data-dir={}", dir.path().join("data").display()),
+            format!("--mqtt-addr={mqtt}"),
+            format!("--http-addr={http}"),
+            format!("--grpc-addr={grpc}"),
+        ];
+        let env = vec![("TETHER_ADMIN_KEY".to_owned(), key.clone())];
+        let log = dir.path().join("tether.log");
+        let mut server = Self {
+            kind: Kind::Tether,
+            pid: 0,
+            mqtt,
+            http: Some(http),
+            key: Some(key),
+            child: None,
+            command: Some((bin.to_owned(), args, env)),
+            log,
+            _dir: Some(dir),
+        };
+        server.start().await?;
+        Ok(server)
+    }
+
+    /// Mosquitto from Debian's package, anonymous, no persistence, on a free port.
+    pub async fn mosquitto() -> anyhow::Result<Self> {
+        let bin = mosquitto_binary().context("mosquitto is not installed (apt-get install mosquitto)")?;
+        let dir = tempfile::tempdir()?;
+        let mqtt = free_addr()?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nset_tcp_nodelay true\nlog_type error\n",
+                mqtt.port()
+            ),
+        )?;
+        let log = dir.path().join("mosquitto.log");
+        let args = vec!["-c".to_owned(), conf.display().to_string()];
+        let mut server = Self {
+            kind: Kind::Mosquitto,
+            pid: 0,
+            mqtt,
+            http: None,
+            key: None,
+            child: None,
+            command: Some((bin, args, Vec::new())),
+            log,
+            _dir: Some(dir),
+        };
+        server.start().await?;
+        Ok(server)
+    }
+
+    /// A server someone else started (a cluster's edge, say); it is measured, never restarted.
+    pub fn attach(mqtt: SocketAddr, http: Option<SocketAddr>, key: Option<String>, pid: u32) -> Self {
+        Self { kind: Kind::Tether, pid, mqtt, http, key, child: None, command: None, log: PathBuf::new(), _dir: None }
+    }
+
+    async fn start(&mut self) -> anyhow::Result<()> {
+        let (bin, args, env) = self.command.as_ref().context("an attached server cannot be started")?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(bin)
+            .args(args)
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        self.pid = child.id();
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("{} exited ({status}) at start; its log: {}", self.kind.name(), self.log.display());
+                }
+            }
+            let mqtt_up = tokio::net::TcpStream::connect(self.mqtt).await.is_ok();
+            let http_up = match self.http {
+                Some(http) => reqwest::get(format!("http://{http}/api/v1/openapi.json"))
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+                None => true,
+            };
+            if mqtt_up && http_up {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} not ready after 30 s; its log: {}", self.kind.name(), self.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same command again, on the same data directory and ports.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.start().await
+    }
+
+    /// SIGTERM, then wait (then SIGKILL after 15 s).
+    pub async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+            for _ in 0..150 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+pub fn mosquitto_binary() -> Option<PathBuf> {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
