@@ -9,6 +9,11 @@ use tether::cluster::{Role, run_role};
 use tether::config::ClusterConfig;
 use tether::{AdminKeySource, EmbeddedConfig, Platform};
 
+/// mimalloc instead of glibc malloc: per-message allocations (JSON values, bus records) cost a
+/// fifth of the edge's CPU under glibc's arenas (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tether", version, about = "IoT device-communication platform")]
 struct Cli {

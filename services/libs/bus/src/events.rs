@@ -1,6 +1,8 @@
 //! The bus bodies of device events, in Aliyun's forwarded shapes (PROTOCOL.md B.4), so rules,
 //! history and server-side subscriptions read what Aliyun users already parse.
 
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 use tether_model::{DeviceKey, TenantId};
 use time::OffsetDateTime;
@@ -34,31 +36,72 @@ pub struct Origin<'a> {
 }
 
 /// A property post: `items` are `{id: {value, time}}`; plain values get `received_at` as time.
+/// The hottest event there is: serialised straight from the post's params, with no JSON tree
+/// built in between.
 pub fn property_post(
     origin: Origin<'_>,
     request_id: &str,
     params: &Map<String, Value>,
     received_at: i64,
 ) -> BusMessage {
-    let items: Map<String, Value> = params
-        .iter()
-        .map(|(id, raw)| {
-            let (value, time) = split_timed_value(raw, received_at);
-            (id.clone(), json!({ "value": value, "time": time }))
-        })
-        .collect();
-    let body = json!({
-        "iotId": origin.iot_id,
-        "requestId": request_id,
-        "productKey": origin.device.product_key,
-        "deviceName": origin.device.device_name,
-        "gmtCreate": received_at,
-        "deviceType": "CustomCategory",
-        "items": items,
-        "checkFailedData": {},
-    });
+    let body = PropertyPostBody {
+        check_failed_data: EmptyObject,
+        device_name: origin.device.device_name.as_str(),
+        device_type: "CustomCategory",
+        gmt_create: received_at,
+        iot_id: origin.iot_id,
+        items: Items { params, received_at },
+        product_key: origin.device.product_key.as_str(),
+        request_id,
+    };
+    let body = serde_json::to_string(&body).unwrap_or_default();
     let topic = format!("/{}/{}/thing/event/property/post", origin.device.product_key, origin.device.device_name);
-    with_headers(subject::uplink(origin.tenant, origin.device, UplinkKind::Property), body, topic, received_at)
+    with_body(subject::uplink(origin.tenant, origin.device, UplinkKind::Property), body, topic, received_at)
+}
+
+/// [`property_post`]'s body; fields in the order `json!` would give them (sorted).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PropertyPostBody<'a> {
+    check_failed_data: EmptyObject,
+    device_name: &'a str,
+    device_type: &'static str,
+    gmt_create: i64,
+    iot_id: &'a str,
+    items: Items<'a>,
+    product_key: &'a str,
+    request_id: &'a str,
+}
+
+struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_map(Some(0))?.end()
+    }
+}
+
+/// `{id: {time, value}}` from a post's params, without copying the values.
+struct Items<'a> {
+    params: &'a Map<String, Value>,
+    received_at: i64,
+}
+
+impl Serialize for Items<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.params.len()))?;
+        for (id, raw) in self.params {
+            let (value, time) = timed_value(raw, self.received_at);
+            map.serialize_entry(id, &TimedValue { time, value })?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct TimedValue<'a> {
+    time: i64,
+    value: &'a Value,
 }
 
 /// An event post (`thing/event/{identifier}/post`): `value` holds the event's output data;
@@ -213,20 +256,28 @@ pub fn downlink_reply(origin: Origin<'_>, reply: DownlinkReply<'_>, at: i64) -> 
 
 /// A property value as `(value, time)`: `{value, time}` objects are unwrapped.
 pub fn split_timed_value(raw: &Value, default_time: i64) -> (Value, i64) {
+    let (value, time) = timed_value(raw, default_time);
+    (value.clone(), time)
+}
+
+fn timed_value(raw: &Value, default_time: i64) -> (&Value, i64) {
     if let Value::Object(obj) = raw
         && let Some(value) = obj.get("value")
         && obj.keys().all(|k| k == "value" || k == "time")
     {
-        let time = obj.get("time").and_then(Value::as_i64).unwrap_or(default_time);
-        return (value.clone(), time);
+        return (value, obj.get("time").and_then(Value::as_i64).unwrap_or(default_time));
     }
-    (raw.clone(), default_time)
+    (raw, default_time)
 }
 
 /// Every event gets its own `messageId` (as Aliyun's forwarding does): request ids repeat across
 /// devices and reconnects, so they cannot identify a message.
 fn with_headers(subject: String, body: Value, topic: String, at: i64) -> BusMessage {
-    BusMessage::new(subject, body.to_string())
+    with_body(subject, body.to_string(), topic, at)
+}
+
+fn with_body(subject: String, body: String, topic: String, at: i64) -> BusMessage {
+    BusMessage::new(subject, body)
         .with_header(header::TOPIC, topic)
         .with_header(header::MESSAGE_ID, format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()))
         .with_header(header::GENERATE_TIME, at.to_string())
