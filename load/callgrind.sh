@@ -78,7 +78,7 @@ previous=""
 jq -s --arg commit "$commit" --argjson dirty "$dirty" --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" --arg valgrind "$(valgrind --version)" \
     --arg rustc "$(rustc --version)" --argjson n "$N" --argjson warmup "$WARMUP" \
-    --arg command "load/callgrind.sh $*" \
+    --arg command "load/callgrind.sh${*:+ $*}" \
     '{commit: $commit, tree_dirty: $dirty, date: $date, loadavg: $loadavg, command: $command,
       method: "callgrind Ir of (WARMUP + N) runs minus WARMUP runs, divided by N",
       n: $n, warmup: $warmup, valgrind: $valgrind, rustc: $rustc, results: .}' "$results" >"$out"
