@@ -49,7 +49,9 @@ impl Connection {
         }
         let connack = started.elapsed();
         if let Some(filter) = &device.subscribe {
-            v4::Subscribe::new(filter.as_str(), QoS::AtMostOnce).write(&mut conn.write).map_err(frame_error)?;
+            let mut subscribe = v4::Subscribe::new(filter.as_str(), QoS::AtMostOnce);
+            subscribe.pkid = 1;
+            subscribe.write(&mut conn.write).map_err(frame_error)?;
             conn.flush().await?;
             match conn.next().await? {
                 Packet::SubAck(ack)

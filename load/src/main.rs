@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario (BENCHMARKS.md) and write its result under --out.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// A swarm worker process (started by `run`; reads orders on stdin).
     #[command(hide = true)]
     Worker,
@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-            runtime.block_on(run(args))
+            runtime.block_on(run(*args))
         }
     }
 }

@@ -24,6 +24,13 @@ impl Kind {
     }
 }
 
+/// How to start a server: program, arguments, environment.
+struct Launch {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
 pub struct Server {
     pub kind: Kind,
     pub pid: u32,
@@ -32,7 +39,7 @@ pub struct Server {
     pub http: Option<SocketAddr>,
     pub key: Option<String>,
     child: Option<Child>,
-    command: Option<(PathBuf, Vec<String>, Vec<(String, String)>)>,
+    command: Option<Launch>,
     log: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -62,7 +69,7 @@ impl Server {
             http: Some(http),
             key: Some(key),
             child: None,
-            command: Some((bin.to_owned(), args, env)),
+            command: Some(Launch { program: bin.to_owned(), args, env }),
             log,
             _dir: Some(dir),
         };
@@ -92,7 +99,7 @@ impl Server {
             http: None,
             key: None,
             child: None,
-            command: Some((bin, args, Vec::new())),
+            command: Some(Launch { program: bin, args, env: Vec::new() }),
             log,
             _dir: Some(dir),
         };
@@ -106,7 +113,8 @@ impl Server {
     }
 
     async fn start(&mut self) -> anyhow::Result<()> {
-        let (bin, args, env) = self.command.as_ref().context("an attached server cannot be started")?;
+        let Launch { program: bin, args, env } =
+            self.command.as_ref().context("an attached server cannot be started")?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(bin)
             .args(args)
@@ -124,10 +132,10 @@ impl Server {
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("{} exited ({status}) at start; its log: {}", self.kind.name(), self.log.display());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("{} exited ({status}) at start; its log: {}", self.kind.name(), self.log.display());
             }
             let mqtt_up = tokio::net::TcpStream::connect(self.mqtt).await.is_ok();
             let http_up = match self.http {

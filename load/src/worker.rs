@@ -251,15 +251,15 @@ async fn device_task(
                         }
                     }
                 }
-                if let Some(c) = conn.as_mut() {
-                    if c.flush().await.is_err() {
-                        conn = None;
-                    }
+                if let Some(c) = conn.as_mut()
+                    && c.flush().await.is_err()
+                {
+                    conn = None;
                 }
-                if posting.as_ref().is_some_and(|p| p.finished) {
-                    if let Some(p) = posting.take() {
-                        p.finish(&worker, None);
-                    }
+                if posting.as_ref().is_some_and(|p| p.finished)
+                    && let Some(p) = posting.take()
+                {
+                    p.finish(&worker, None);
                 }
             }
             () = sleep_until_opt(next_post) => {

@@ -1,4 +1,5 @@
 //! MQTT Client/Server framework
+#![allow(deprecated)] // Tether: ntex-router 1.1 deprecations, as published (vendor/README.md)
 #![deny(rust_2018_idioms, unreachable_pub, missing_debug_implementations, clippy::pedantic)]
 #![allow(
     clippy::cast_possible_truncation,
