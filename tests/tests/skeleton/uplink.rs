@@ -176,8 +176,8 @@ async fn ntp_request_is_answered_with_server_times() {
 #[tokio::test]
 async fn pipelined_posts_split_across_tcp_reads_all_get_pubacks() {
     use bytes::BytesMut;
-    use rumqttc::mqttbytes::v4::{self, Connect, Login, Packet, Publish};
     use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{self, Connect, Login, Packet, Publish};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const POSTS: u16 = 400;
