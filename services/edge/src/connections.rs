@@ -35,7 +35,9 @@ pub enum KickReason {
 pub enum ConnCommand {
     Kick(KickReason),
     /// Publish a message to the device.
-    Deliver(Downlink),
+    /// Boxed: the channel allocates its first block of 32 slots with the connection, so a small
+    /// command keeps that at ~0.5 KB instead of ~6 KB per idle device.
+    Deliver(Box<Downlink>),
 }
 
 /// How to reach one connection.
@@ -183,7 +185,7 @@ impl Connections {
     /// Hands a message to the device's connection; false when it is not connected here.
     pub fn deliver(&self, downlink: Downlink) -> bool {
         match self.by_device.lock().get(&downlink.device) {
-            Some(handle) => handle.commands.send(ConnCommand::Deliver(downlink)).is_ok(),
+            Some(handle) => handle.commands.send(ConnCommand::Deliver(Box::new(downlink))).is_ok(),
             None => false,
         }
     }

@@ -419,7 +419,7 @@ fn fan_out(shared: &EdgeShared, message: tether_bus::BusMessage) {
             None => Topic::sys(&device, format!("broadcast/request/{message_id}")).to_string(),
         };
         let downlink = Downlink { device, topic, payload: payload.clone(), qos: 0, correlation: None };
-        if commands.send(ConnCommand::Deliver(downlink)).is_ok() {
+        if commands.send(ConnCommand::Deliver(Box::new(downlink))).is_ok() {
             sent += 1;
         }
     }

@@ -301,7 +301,7 @@ async fn run_commands(
             }
             // A QoS 1 PUBACK is not awaited here: a device slow to acknowledge must not hold
             // back a kick.
-            ConnCommand::Deliver(downlink) => downlinks.deliver(downlink),
+            ConnCommand::Deliver(downlink) => downlinks.deliver(*downlink),
         }
     }
 }

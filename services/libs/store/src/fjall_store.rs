@@ -3,6 +3,11 @@
 //! disk before they return. Revisions come from one store-wide counter (kept in the `meta`
 //! keyspace, written in the same batch), so a key deleted and created again never reuses a
 //! revision a stale writer could still hold.
+//!
+//! Syncing is a group commit: a write is committed to the journal under the lock, the lock is
+//! released, and the write returns once an fsync that began after it has finished. One fsync
+//! covers every write committed while the previous one ran, so concurrent writers (a connect
+//! storm's presence records, bulk registration) share fsyncs instead of queueing for one each.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::{Entry, Expect, KvStore, Revision, StoreError};
 
@@ -26,6 +31,26 @@ struct Inner {
     meta: Keyspace,
     /// The last revision handed out; guarded by the write lock.
     write_lock: Mutex<u64>,
+    sync: GroupSync,
+}
+
+/// Writers waiting for an fsync that covers their commit.
+#[derive(Default)]
+struct GroupSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Commits so far (each one's number is its position).
+    committed: u64,
+    /// Every commit up to this one is on disk.
+    synced: u64,
+    /// Every commit up to this one failed to sync, with the error.
+    failed: Option<(u64, String)>,
+    /// An fsync is running.
+    syncing: bool,
 }
 
 const LAST_REVISION: &str = "last-revision";
@@ -42,7 +67,7 @@ impl FjallStore {
             Some(raw) => u64::from_be_bytes(raw.as_ref().try_into().map_err(|_| backend("bad revision counter"))?),
             None => 0,
         };
-        Ok(Self { inner: Arc::new(Inner { db, kv, meta, write_lock: Mutex::new(last) }) })
+        Ok(Self { inner: Arc::new(Inner { db, kv, meta, write_lock: Mutex::new(last), sync: GroupSync::default() }) })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -73,11 +98,14 @@ impl KvStore for FjallStore {
             let mut stored = Vec::with_capacity(8 + value.len());
             stored.extend_from_slice(&revision.0.to_be_bytes());
             stored.extend_from_slice(&value);
-            let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+            let mut batch = inner.db.batch().durability(Some(PersistMode::Buffer));
             batch.insert(&inner.kv, key.as_bytes(), stored);
             batch.insert(&inner.meta, LAST_REVISION, revision.0.to_be_bytes().to_vec());
             batch.commit().map_err(backend)?;
             *last = revision.0;
+            let commit = inner.committed();
+            drop(last);
+            inner.wait_synced(commit)?;
             Ok(revision)
         })
         .await
@@ -90,7 +118,7 @@ impl KvStore for FjallStore {
                 let mut last = inner.write_lock.lock();
                 let mut next = *last;
                 let mut outcomes = Vec::with_capacity(writes.len());
-                let mut batch = inner.db.batch().durability(Some(PersistMode::SyncAll));
+                let mut batch = inner.db.batch().durability(Some(PersistMode::Buffer));
                 for (key, value, expect) in writes {
                     let outcome = inner.read(&key).and_then(|current| {
                         check(&key, current.map(|e| e.revision), expect)?;
@@ -107,6 +135,9 @@ impl KvStore for FjallStore {
                     batch.insert(&inner.meta, LAST_REVISION, next.to_be_bytes().to_vec());
                     batch.commit().map_err(backend)?;
                     *last = next;
+                    let commit = inner.committed();
+                    drop(last);
+                    inner.wait_synced(commit)?;
                 }
                 Ok(outcomes)
             })
@@ -118,12 +149,16 @@ impl KvStore for FjallStore {
     async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
         let key = key.to_owned();
         self.blocking(move |inner| {
-            let _last = inner.write_lock.lock();
+            let last = inner.write_lock.lock();
             let current = inner.read(&key)?.map(|e| e.revision);
             check(&key, current, expect)?;
             if current.is_some() {
-                inner.kv.remove(key.as_bytes()).map_err(backend)?;
-                inner.db.persist(PersistMode::SyncAll).map_err(backend)?;
+                let mut batch = inner.db.batch().durability(Some(PersistMode::Buffer));
+                batch.remove(&inner.kv, key.as_bytes());
+                batch.commit().map_err(backend)?;
+                let commit = inner.committed();
+                drop(last);
+                inner.wait_synced(commit)?;
             }
             Ok(())
         })
@@ -147,6 +182,44 @@ impl KvStore for FjallStore {
 // === impl Inner ===
 
 impl Inner {
+    /// Counts a commit just made (under the write lock); its number is what to wait for.
+    fn committed(&self) -> u64 {
+        let mut state = self.sync.state.lock();
+        state.committed += 1;
+        state.committed
+    }
+
+    /// Returns once commit `commit` is on disk: runs the fsync if none is running, else waits for
+    /// the running one and, if it began before this commit, for the next.
+    fn wait_synced(&self, commit: u64) -> Result<(), StoreError> {
+        let mut state = self.sync.state.lock();
+        loop {
+            if state.synced >= commit {
+                return Ok(());
+            }
+            if let Some((up_to, error)) = &state.failed
+                && *up_to >= commit
+            {
+                return Err(StoreError::Backend(format!("sync failed: {error}")));
+            }
+            if state.syncing {
+                self.sync.done.wait(&mut state);
+                continue;
+            }
+            state.syncing = true;
+            let target = state.committed;
+            drop(state);
+            let outcome = self.db.persist(PersistMode::SyncAll);
+            state = self.sync.state.lock();
+            state.syncing = false;
+            match outcome {
+                Ok(()) => state.synced = target,
+                Err(error) => state.failed = Some((target, error.to_string())),
+            }
+            self.sync.done.notify_all();
+        }
+    }
+
     fn read(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         match self.kv.get(key.as_bytes()).map_err(backend)? {
             Some(value) => Ok(Some(decode(key.as_bytes(), &value)?)),
