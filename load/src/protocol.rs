@@ -36,7 +36,7 @@ pub enum Order {
     /// waits for its PUBACKs (QoS 1) and, with `expect_replies`, its `post_reply`s, and ends with
     /// PINGREQ → PINGRESP so the server has read everything.
     Post { qos: u8, interval_us: u64, count: u32, expect_replies: bool, timeout_secs: u64 },
-    /// Report the broadcasts seen so far.
+    /// Report the broadcasts seen so far (asking again reports them again, with what came since).
     Broadcasts,
     /// Devices whose connection dropped reconnect (every `retry_ms`, jittered) until `timeout_secs`.
     Reconnect { retry_ms: u64, timeout_secs: u64 },

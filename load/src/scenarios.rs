@@ -405,16 +405,28 @@ pub async fn b6(s: &Settings) -> anyhow::Result<()> {
             publisher.send(&topic, &protocol::broadcast_payload(seq, protocol::unix_ns())).await?;
             tokio::time::sleep(gap).await;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Wait until every delivery arrived, or none came for 5 s (60 s at most).
+        let expected = n as u64 * broadcasts;
+        let (mut seen, mut delivered, mut last_progress) = (Vec::new(), 0, tokio::time::Instant::now());
+        let waiting_since = tokio::time::Instant::now();
+        while delivered < expected
+            && last_progress.elapsed() < Duration::from_secs(5)
+            && waiting_since.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            seen = swarm.order(&Order::Broadcasts, "collect").await?.report.broadcasts;
+            let now: u64 = seen.iter().map(|b| b.deliveries).sum();
+            if now > delivered {
+                (delivered, last_progress) = (now, tokio::time::Instant::now());
+            }
+        }
         let cpu = procfs::cpu(server.pid)? - before;
-        let seen = swarm.order(&Order::Broadcasts, "collect").await?.report.broadcasts;
-        let delivered: u64 = seen.iter().map(|b| b.deliveries).sum();
         let fanout_ns: u64 = seen.iter().map(|b| b.last_unix_ns.saturating_sub(b.sent_unix_ns)).sum();
         let mut last = crate::worker::new_histogram();
         for b in &seen {
             let _ = last.record((b.last_unix_ns.saturating_sub(b.sent_unix_ns) / 1000).max(1));
         }
-        let missing = (n as u64 * broadcasts).saturating_sub(delivered);
+        let missing = expected.saturating_sub(delivered);
         missing_total += missing;
         let figures = json!({
             "devices": n,

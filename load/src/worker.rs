@@ -127,7 +127,7 @@ impl Worker {
             }
             Order::Broadcasts => {
                 let mut stats = self.stats.borrow_mut();
-                stats.report.broadcasts = std::mem::take(&mut stats.broadcasts).into_values().collect();
+                stats.report.broadcasts = stats.broadcasts.values().copied().collect();
             }
             Order::Reconnect { retry_ms, timeout_secs } => {
                 let until = Instant::now() + Duration::from_secs(timeout_secs);
