@@ -60,7 +60,7 @@ impl Settings {
     /// The servers to measure: Tether, then the peer if asked for and installed.
     fn kinds(&self, has_peer: bool) -> Vec<Kind> {
         let mut kinds = vec![Kind::Tether];
-        if has_peer && self.peer && self.attach.is_none() {
+        if has_peer && self.peer {
             if crate::server::mosquitto_binary().is_some() {
                 kinds.push(Kind::Mosquitto);
             } else {
