@@ -83,10 +83,25 @@ fn connect_request(
     }
 }
 
+/// Pending connections the kernel queues for the listener (capped by `net.core.somaxconn`). With
+/// std's 128, a reconnect storm overflowed it: dropped SYNs are retried after 1, 3, 7 s..., and
+/// 19 k devices took 22 s to be back after a restart (docs/benchmarks.md, B2).
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    // As std does: a restarted edge can bind while old connections sit in TIME_WAIT; a port
+    // another process listens on is still refused.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Binds the listener and starts the MQTT server thread.
 pub fn serve(shared: Arc<EdgeShared>) -> Result<(ServerHandle, SocketAddr), EdgeError> {
     let addr = shared.config.mqtt_addr;
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| EdgeError::Bind { addr, source })?;
+    let listener = listen(addr).map_err(|source| EdgeError::Bind { addr, source })?;
     let local_addr = listener.local_addr().map_err(|source| EdgeError::Bind { addr, source })?;
     let workers = shared.config.workers.max(1);
     let max_payload = shared.config.max_payload_bytes;
