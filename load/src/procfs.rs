@@ -49,3 +49,17 @@ impl Sample {
         Ok(Self { cpu: cpu(pid)?, rss: rss(pid)? })
     }
 }
+
+/// The kernel's count of connections dropped at a full listen queue (`TcpExt ListenDrops`,
+/// machine-wide: loopback only here, so it is the server's).
+pub fn listen_drops() -> u64 {
+    let Ok(netstat) = std::fs::read_to_string("/proc/net/netstat") else { return 0 };
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenDrops")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}

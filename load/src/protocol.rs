@@ -38,7 +38,8 @@ pub enum Order {
     Post { qos: u8, interval_us: u64, count: u32, expect_replies: bool, timeout_secs: u64 },
     /// Report the broadcasts seen so far (asking again reports them again, with what came since).
     Broadcasts,
-    /// Devices whose connection dropped reconnect (every `retry_ms`, jittered) until `timeout_secs`.
+    /// Devices whose connection dropped reconnect (after `retry_ms`, doubling up to 8×, jittered)
+    /// until `timeout_secs`.
     Reconnect { retry_ms: u64, timeout_secs: u64 },
     /// DISCONNECT every device and exit.
     Disconnect,

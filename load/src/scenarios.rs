@@ -188,6 +188,7 @@ pub async fn b2(s: &Settings) -> anyhow::Result<()> {
         if kind == Kind::Tether && s.attach.is_none() {
             let reconnect = Order::Reconnect { retry_ms: 250, timeout_secs: 60 };
             swarm.send(&reconnect).await?;
+            let drops_before = procfs::listen_drops();
             let killed = protocol::unix_ns();
             server.restart().await?;
             let ready = protocol::unix_ns();
@@ -198,9 +199,17 @@ pub async fn b2(s: &Settings) -> anyhow::Result<()> {
             figures["restartSeconds"] = json!(round(ready.saturating_sub(killed) as f64 / 1e9, 2));
             figures["allBackAfterKillSeconds"] = json!(secs(killed));
             figures["allBackAfterRestartSeconds"] = json!(secs(ready));
+            figures["reconnectConnackP50Ms"] = json!(round(back.ms(0.50), 2));
+            figures["reconnectConnackP99Ms"] = json!(round(back.ms(0.99), 2));
+            figures["listenDrops"] = json!(procfs::listen_drops().saturating_sub(drops_before));
             line += &format!(
-                "; after kill -9: restart {} s, all {} back {} s after the kill, {} stuck",
-                figures["restartSeconds"], back.report.ok, figures["allBackAfterKillSeconds"], back.report.failed
+                "; after kill -9: restart {} s, all {} back {} s after the kill (CONNACK p99 {} ms, {} SYNs dropped), {} stuck",
+                figures["restartSeconds"],
+                back.report.ok,
+                figures["allBackAfterKillSeconds"],
+                figures["reconnectConnackP99Ms"],
+                figures["listenDrops"],
+                back.report.failed
             );
         }
         record.line(line);

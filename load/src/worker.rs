@@ -301,6 +301,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 async fn reconnect_until(worker: &Worker, device: &DeviceSpec, retry: Duration, until: Instant) -> Option<Connection> {
     let mut last_error = String::new();
+    let mut wait = retry;
     while Instant::now() < until {
         match Connection::open(worker.spec.server, worker.spec.source, device, worker.spec.keep_alive_secs).await {
             Ok((conn, connack)) => {
@@ -312,9 +313,11 @@ async fn reconnect_until(worker: &Worker, device: &DeviceSpec, retry: Duration, 
             }
             Err(error) => last_error = format!("{error:#}"),
         }
-        // Jitter (0.5–1.5 × retry) so reconnects do not arrive in lockstep.
+        // As device SDKs do: back off (doubling, up to 8 × `retry`) with jitter (0.5–1.5 ×), so
+        // 19 k refused reconnects a second do not starve the restarting server of CPU.
         let jitter = 0.5 + f64::from(rand_u16()) / f64::from(u16::MAX);
-        tokio::time::sleep(retry.mul_f64(jitter)).await;
+        tokio::time::sleep(wait.mul_f64(jitter)).await;
+        wait = (wait * 2).min(retry * 8);
     }
     worker.stats.borrow_mut().fail(format!("not reconnected in time: {last_error}"));
     None
