@@ -1,11 +1,11 @@
 //! `tether-load`: the benchmark scenarios of BENCHMARKS.md against Tether and, in the same run,
 //! a peer broker (docs/benchmarks.md).
 //!
-//! `tether-load run b1|b2|b3|b5|b6|all [--smoke]` starts `tether run` (and Mosquitto) on free
-//! loopback ports, drives them with a swarm of worker processes (`tether-load worker`, each with
-//! its own source address), measures the server process from `/proc` (CPU time per message or
-//! connect, RSS per connection), prints one summary line per measurement and writes a JSON
-//! result under `load/results/`.
+//! `tether-load run b1|b2|b3|b5|b6|all [--smoke]` starts `tether run` (and Mosquitto, and rumqttd
+//! when installed) on free loopback ports, drives them with a swarm of worker processes
+//! (`tether-load worker`, each with its own source address), measures the server process from
+//! `/proc` (CPU time per message or connect, RSS per connection), prints one summary line per
+//! measurement and writes a JSON result under `load/results/`.
 
 mod api;
 mod device;
@@ -72,7 +72,7 @@ struct RunArgs {
     /// Offered rate (B3: posts/s over all devices; B5: calls/s).
     #[arg(long)]
     rate: Option<f64>,
-    /// Do not run the peer broker (Mosquitto) beside Tether.
+    /// Do not run the peer brokers (Mosquitto; rumqttd when installed) beside Tether.
     #[arg(long)]
     no_peer: bool,
     /// The `tether` binary (default: next to this one).

@@ -57,14 +57,20 @@ impl Settings {
         self.per_process.unwrap_or(if self.smoke { devices.div_ceil(2) } else { 15_000 }).max(1)
     }
 
-    /// The servers to measure: Tether, then the peer if asked for and installed.
+    /// The servers to measure: Tether, then each peer broker that is installed (Mosquitto from
+    /// Debian, rumqttd from `cargo install rumqttd`), unless peers are off.
     fn kinds(&self, has_peer: bool) -> Vec<Kind> {
         let mut kinds = vec![Kind::Tether];
         if has_peer && self.peer {
-            if crate::server::mosquitto_binary().is_some() {
-                kinds.push(Kind::Mosquitto);
-            } else {
-                eprintln!("note: mosquitto is not installed; the peer figures are skipped");
+            for (peer, installed) in [
+                (Kind::Mosquitto, crate::server::mosquitto_binary().is_some()),
+                (Kind::Rumqttd, crate::server::rumqttd_binary().is_some()),
+            ] {
+                if installed {
+                    kinds.push(peer);
+                } else {
+                    eprintln!("note: {} is not installed; its figures are skipped", peer.name());
+                }
             }
         }
         kinds
@@ -75,6 +81,7 @@ impl Settings {
             (Kind::Tether, Some(a)) => Ok(Server::attach(a.mqtt, Some(a.http), Some(a.key.clone()), a.pid)),
             (Kind::Tether, None) => Server::tether(&self.tether_bin).await,
             (Kind::Mosquitto, _) => Server::mosquitto().await,
+            (Kind::Rumqttd, _) => Server::rumqttd().await,
         }
     }
 }
@@ -84,7 +91,7 @@ async fn fleet(server: &Server, count: usize, subscribe: impl Fn(&str) -> Option
     match (server.kind, server.http, &server.key) {
         (Kind::Tether, Some(http), Some(key)) => Api::new(http, key).register(count, subscribe).await,
         (Kind::Tether, ..) => bail!("Tether needs its HTTP address and key"),
-        (Kind::Mosquitto, ..) => Ok(api::peer_fleet(count, subscribe)),
+        (Kind::Mosquitto | Kind::Rumqttd, ..) => Ok(api::peer_fleet(count, subscribe)),
     }
 }
 
@@ -482,7 +489,7 @@ impl Publisher {
         match (server.kind, server.http, &server.key) {
             (Kind::Tether, Some(http), Some(key)) => Ok(Self::Api(Api::new(http, key), pk.to_owned())),
             (Kind::Tether, ..) => bail!("Tether needs its HTTP address and key"),
-            (Kind::Mosquitto, ..) => {
+            (Kind::Mosquitto | Kind::Rumqttd, ..) => {
                 let me = DeviceSpec {
                     client_id: "load-publisher".into(),
                     username: "publisher".into(),
@@ -515,13 +522,15 @@ impl Publisher {
     }
 }
 
-/// Adds "ours / peer's" for one figure as a summary line.
+/// Adds "ours / peer's" for one figure as a summary line, for each peer that ran.
 fn peer_ratio(record: &mut Record, scenario: &str, suffix: &str, figure: &str, what: &str) {
     let ours = record.figure(&format!("tether{suffix}"), figure);
-    let peer = record.figure(&format!("mosquitto{suffix}"), figure);
-    if peer.is_some() {
-        let line = format!("{scenario}{suffix}: {what}, tether / mosquitto = {}", ratio(ours, peer));
-        record.line(line);
+    for peer in [Kind::Mosquitto, Kind::Rumqttd] {
+        let theirs = record.figure(&format!("{}{suffix}", peer.name()), figure);
+        if theirs.is_some() {
+            let line = format!("{scenario}{suffix}: {what}, tether / {} = {}", peer.name(), ratio(ours, theirs));
+            record.line(line);
+        }
     }
 }
 

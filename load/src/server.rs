@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 pub enum Kind {
     Tether,
     Mosquitto,
+    Rumqttd,
 }
 
 impl Kind {
@@ -20,6 +21,7 @@ impl Kind {
         match self {
             Kind::Tether => "tether",
             Kind::Mosquitto => "mosquitto",
+            Kind::Rumqttd => "rumqttd",
         }
     }
 }
@@ -92,8 +94,41 @@ impl Server {
         )?;
         let log = dir.path().join("mosquitto.log");
         let args = vec!["-c".to_owned(), conf.display().to_string()];
+        Self::peer(Kind::Mosquitto, bin, args, mqtt, log, dir).await
+    }
+
+    /// rumqttd (`cargo install rumqttd`), one MQTT 3.1.1 listener on a free port, no console or
+    /// metrics endpoint.
+    pub async fn rumqttd() -> anyhow::Result<Self> {
+        let bin = rumqttd_binary().context("rumqttd is not installed (cargo install rumqttd)")?;
+        let dir = tempfile::tempdir()?;
+        let mqtt = free_addr()?;
+        let conf = dir.path().join("rumqttd.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "id = 0\n[router]\nid = 0\nmax_connections = 20010\nmax_outgoing_packet_count = 200\n\
+                 max_segment_size = 104857600\nmax_segment_count = 10\n\
+                 [v4.1]\nname = \"v4-1\"\nlisten = \"{mqtt}\"\nnext_connection_delay_ms = 0\n\
+                 [v4.1.connections]\nconnection_timeout_ms = 60000\nmax_payload_size = 20480\n\
+                 max_inflight_count = 100\ndynamic_filters = true\n"
+            ),
+        )?;
+        let log = dir.path().join("rumqttd.log");
+        let args = vec!["-c".to_owned(), conf.display().to_string()];
+        Self::peer(Kind::Rumqttd, bin, args, mqtt, log, dir).await
+    }
+
+    async fn peer(
+        kind: Kind,
+        bin: PathBuf,
+        args: Vec<String>,
+        mqtt: SocketAddr,
+        log: PathBuf,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
         let mut server = Self {
-            kind: Kind::Mosquitto,
+            kind,
             pid: 0,
             mqtt,
             http: None,
@@ -194,6 +229,17 @@ impl Drop for Server {
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// rumqttd from `$RUMQTTD`, the `PATH` or `~/.cargo/bin`.
+pub fn rumqttd_binary() -> Option<PathBuf> {
+    let from_env = std::env::var_os("RUMQTTD").map(PathBuf::from);
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("rumqttd"));
+    let cargo = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin/rumqttd"));
+    from_env.into_iter().chain(on_path).chain(cargo).find(|p| p.is_file())
 }
 
 pub fn mosquitto_binary() -> Option<PathBuf> {
